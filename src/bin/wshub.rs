@@ -1,0 +1,190 @@
+//! The `wshub` server binary. Run `wshub --help` for the flags.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use wshub::server::{Server, ServerConfig};
+use wshub::{ChannelPattern, Hub, HubConfig, SlowConsumerPolicy};
+
+const HELP: &str = "\
+wshub — WebSocket broadcast hub (go-ws compatible)
+
+USAGE: wshub [OPTIONS]
+
+  --listen ADDR               address to listen on [default: 127.0.0.1:8080]
+  --api-key KEY               require `Authorization: Bearer KEY` on /api/* [env: WSHUB_API_KEY]
+  --client-publish PATTERN    let clients publish to PATTERN: a channel name, or a prefix
+                              ending in `*` such as `chat:*` (repeatable) [default: none]
+  --heartbeat SECS            ping interval [default: 30]
+  --pong-timeout SECS         disconnect a client silent for this long [default: 60]
+  --write-timeout SECS        disconnect a client whose socket takes nothing for this long [default: 10]
+  --max-message-size BYTES    largest inbound message [default: 65536]
+  --max-queued-bytes BYTES    per-client outbound queue bound [default: 1048576]
+  --max-queued-frames N       per-client outbound queue bound in frames [default: 16384]
+  --slow-consumer POLICY      `disconnect` (close 1008) or `drop` [default: disconnect]
+  --max-subscriptions N       channels per client [default: 1024]
+  --max-body-size BYTES       largest HTTP API request body [default: 1048576]
+  --shutdown-timeout SECS     grace period for clients on SIGINT/SIGTERM [default: 10]
+  -h, --help                  print this help
+  -V, --version               print the version
+
+Endpoints: GET /ws (WebSocket), POST /api/publish, POST /api/broadcast, GET /api/stats, GET /healthz.
+";
+
+fn main() -> ExitCode {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let (hub_config, server_config) = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(configs)) => configs,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wshub: {e}\nTry `wshub --help`.");
+            return ExitCode::from(2);
+        }
+    };
+    let hub = match Hub::builder().config(hub_config).build() {
+        Ok(hub) => hub,
+        Err(e) => {
+            eprintln!("wshub: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wshub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(hub, server_config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("wshub: cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!("wshub listening on ws://{}/ws", server.local_addr());
+        match server.run(shutdown_signal()).await {
+            Ok(report) => {
+                tracing::info!(
+                    "shut down: {} clients closed, {} forced",
+                    report.clients,
+                    report.forced
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wshub: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
+
+/// Parses the command line; `Ok(None)` when `--help`/`--version` was printed.
+#[allow(clippy::print_stdout, reason = "--help and --version print to stdout")]
+fn parse_args(
+    args: impl Iterator<Item = String>,
+) -> Result<Option<(HubConfig, ServerConfig)>, String> {
+    let mut hub = HubConfig::default();
+    let mut server = ServerConfig::default();
+    server.api_key = std::env::var("WSHUB_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if matches!(flag.as_str(), "-h" | "--help") {
+            print!("{HELP}");
+            return Ok(None);
+        }
+        if matches!(flag.as_str(), "-V" | "--version") {
+            println!("wshub {}", env!("CARGO_PKG_VERSION"));
+            return Ok(None);
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--listen" => {
+                let v = value()?;
+                server.listen = v
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("--listen {v}: {e}"))?;
+            }
+            "--api-key" => server.api_key = Some(value()?).filter(|k| !k.is_empty()),
+            "--client-publish" => hub
+                .client_publish
+                .push(ChannelPattern::new(&value()?).map_err(|e| e.to_string())?),
+            "--heartbeat" => hub.heartbeat_interval = secs(&flag, &value()?)?,
+            "--pong-timeout" => hub.pong_timeout = secs(&flag, &value()?)?,
+            "--write-timeout" => hub.write_timeout = secs(&flag, &value()?)?,
+            "--max-message-size" => hub.max_message_size = number(&flag, &value()?)?,
+            "--max-queued-bytes" => hub.max_queued_bytes = number(&flag, &value()?)?,
+            "--max-queued-frames" => hub.max_queued_frames = number(&flag, &value()?)?,
+            "--slow-consumer" => {
+                hub.slow_consumer = value()?
+                    .parse::<SlowConsumerPolicy>()
+                    .map_err(|e| e.to_string())?;
+            }
+            "--max-subscriptions" => hub.max_subscriptions = number(&flag, &value()?)?,
+            "--max-body-size" => server.max_body_size = number(&flag, &value()?)?,
+            "--shutdown-timeout" => server.shutdown_timeout = secs(&flag, &value()?)?,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some((hub, server)))
+}
+
+fn number(flag: &str, v: &str) -> Result<usize, String> {
+    v.parse()
+        .map_err(|_| format!("{flag} {v}: expected a non-negative integer"))
+}
+
+fn secs(flag: &str, v: &str) -> Result<Duration, String> {
+    let s: f64 = v
+        .parse()
+        .map_err(|_| format!("{flag} {v}: expected seconds"))?;
+    if !s.is_finite() || s < 0.0 {
+        return Err(format!(
+            "{flag} {v}: expected a non-negative number of seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}

@@ -1,0 +1,287 @@
+//! Hub configuration: plain data with documented defaults, validated in one place
+//! ([`HubConfig::validate`], called by [`HubBuilder::build`](crate::HubBuilder::build)).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::message::channel::validate_channel_name;
+
+/// What happens to a client whose outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Abandon everything queued for the client and close its connection with code 1008 and
+    /// reason `"slow consumer"`. The publish that overflowed counts the client as disconnected.
+    ///
+    /// This is the default (as Centrifugo and Bun with `closeOnBackpressureLimit`).
+    #[default]
+    Disconnect,
+    /// Do not queue the message for that client and count the drop. Once its queue has room
+    /// again the client receives `{"type":"error","data":"dropped N messages","timestamp":T}`
+    /// before any further message, so it knows it missed N messages.
+    Drop,
+}
+
+impl FromStr for SlowConsumerPolicy {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disconnect" => Ok(SlowConsumerPolicy::Disconnect),
+            "drop" => Ok(SlowConsumerPolicy::Drop),
+            other => Err(ConfigError::new(
+                "slow_consumer",
+                format!("unknown policy {other:?} (expected \"disconnect\" or \"drop\")"),
+            )),
+        }
+    }
+}
+
+/// A set of channel names: an exact name (`news`), a prefix ending in `*` (`chat:*`), or `*`
+/// for every channel.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ChannelPattern {
+    text: Box<str>,
+    prefix: bool,
+}
+
+impl ChannelPattern {
+    /// Parses a pattern.
+    ///
+    /// # Errors
+    /// The part before an optional trailing `*` must be empty (for `*`) or a valid channel
+    /// name prefix: characters of `[A-Za-z0-9_.:-]`.
+    ///
+    /// # Examples
+    /// ```
+    /// use wshub::ChannelPattern;
+    /// let p = ChannelPattern::new("chat:*").unwrap();
+    /// assert!(p.matches("chat:lobby"));
+    /// assert!(!p.matches("news"));
+    /// assert!(ChannelPattern::new("a b").is_err());
+    /// ```
+    pub fn new(pattern: &str) -> Result<Self, ConfigError> {
+        let (text, prefix) = match pattern.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (pattern, false),
+        };
+        if !(prefix && text.is_empty()) {
+            validate_channel_name(text, usize::MAX)
+                .map_err(|e| ConfigError::new("channel pattern", format!("{pattern:?}: {e}")))?;
+        }
+        Ok(ChannelPattern {
+            text: text.into(),
+            prefix,
+        })
+    }
+
+    /// Whether `channel` is in the set.
+    pub fn matches(&self, channel: &str) -> bool {
+        if self.prefix {
+            channel.starts_with(&*self.text)
+        } else {
+            channel == &*self.text
+        }
+    }
+}
+
+impl FromStr for ChannelPattern {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ChannelPattern::new(s)
+    }
+}
+
+impl fmt::Display for ChannelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)?;
+        if self.prefix {
+            f.write_str("*")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ChannelPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelPattern({self})")
+    }
+}
+
+/// Configuration of a [`Hub`](crate::Hub).
+///
+/// Build it with [`HubConfig::default`] and the chained setters; the hub validates it once
+/// when it is built ([`HubConfig::validate`]) and refuses invalid values with a
+/// [`ConfigError`] instead of silently replacing them.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use wshub::{HubConfig, SlowConsumerPolicy};
+///
+/// let config = HubConfig::default()
+///     .heartbeat_interval(Duration::from_secs(10))
+///     .pong_timeout(Duration::from_secs(25))
+///     .slow_consumer(SlowConsumerPolicy::Drop);
+/// assert!(config.validate().is_ok());
+/// assert!(HubConfig::default().pong_timeout(Duration::from_secs(1)).validate().is_err());
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// How often the server pings each client. The default value is 30 s (as go-ws).
+    pub heartbeat_interval: Duration,
+    /// A client that sends nothing (no pong, no message) for this long is disconnected.
+    /// Must be greater than `heartbeat_interval`. The default value is 60 s (as go-ws).
+    pub pong_timeout: Duration,
+    /// A client whose socket accepts no bytes for this long while data is waiting is
+    /// disconnected. The default value is 10 s (as go-ws).
+    pub write_timeout: Duration,
+    /// After the server sends a close frame, how long it waits for the client's close frame
+    /// before dropping the connection. The default value is 5 s.
+    pub close_timeout: Duration,
+    /// Largest inbound message in bytes (fragments summed); a bigger one closes the connection
+    /// with code 1009. The default value is 65,536 bytes (64 KiB, as go-ws).
+    pub max_message_size: usize,
+    /// Bound on the bytes queued for one client (encoded frames not yet written to its socket).
+    /// Reaching it triggers the [`SlowConsumerPolicy`]. The default value is 1 MiB.
+    pub max_queued_bytes: usize,
+    /// Bound on the number of frames queued for one client. Reaching it triggers the
+    /// [`SlowConsumerPolicy`]. The default value is 16,384 frames.
+    pub max_queued_frames: usize,
+    /// What to do with a client whose queue is full. The default value is
+    /// [`SlowConsumerPolicy::Disconnect`].
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Most channels one client may subscribe to. The default value is 1024.
+    pub max_subscriptions: usize,
+    /// Longest channel name in bytes (names are ASCII). The default value is 256.
+    pub max_channel_name_len: usize,
+    /// Channels that clients may publish to with `{"type":"publish","channel":C,"data":D}`.
+    /// The default value is empty: client publish is off.
+    pub client_publish: Vec<ChannelPattern>,
+    /// When `true`, inbound messages are not interpreted as the go-ws JSON protocol: every text
+    /// and binary message goes to the message hook untouched (e.g. an echo server). The default
+    /// value is `false`.
+    pub raw_messages: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            heartbeat_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            max_message_size: 64 * 1024,
+            max_queued_bytes: 1024 * 1024,
+            max_queued_frames: 16 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            max_subscriptions: 1024,
+            max_channel_name_len: 256,
+            client_publish: Vec::new(),
+            raw_messages: false,
+        }
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[must_use]
+            pub fn $name(mut self, value: $ty) -> Self {
+                self.$name = value;
+                self
+            }
+        )*
+    };
+}
+
+impl HubConfig {
+    setters! {
+        /// Sets [`heartbeat_interval`](Self::heartbeat_interval) (default 30 s).
+        heartbeat_interval: Duration;
+        /// Sets [`pong_timeout`](Self::pong_timeout) (default 60 s).
+        pong_timeout: Duration;
+        /// Sets [`write_timeout`](Self::write_timeout) (default 10 s).
+        write_timeout: Duration;
+        /// Sets [`close_timeout`](Self::close_timeout) (default 5 s).
+        close_timeout: Duration;
+        /// Sets [`max_message_size`](Self::max_message_size) (default 64 KiB).
+        max_message_size: usize;
+        /// Sets [`max_queued_bytes`](Self::max_queued_bytes) (default 1 MiB).
+        max_queued_bytes: usize;
+        /// Sets [`max_queued_frames`](Self::max_queued_frames) (default 16,384).
+        max_queued_frames: usize;
+        /// Sets [`slow_consumer`](Self::slow_consumer) (default `Disconnect`).
+        slow_consumer: SlowConsumerPolicy;
+        /// Sets [`max_subscriptions`](Self::max_subscriptions) (default 1024).
+        max_subscriptions: usize;
+        /// Sets [`max_channel_name_len`](Self::max_channel_name_len) (default 256).
+        max_channel_name_len: usize;
+        /// Sets [`client_publish`](Self::client_publish) (default empty).
+        client_publish: Vec<ChannelPattern>;
+        /// Sets [`raw_messages`](Self::raw_messages) (default `false`).
+        raw_messages: bool;
+    }
+
+    /// Checks every value and every combination.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first offending field: zero durations or sizes,
+    /// `pong_timeout <= heartbeat_interval`, a queue bound smaller than one control frame
+    /// (256 bytes), or a channel name limit of 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("write_timeout", self.write_timeout),
+            ("close_timeout", self.close_timeout),
+        ];
+        for (field, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        if self.pong_timeout <= self.heartbeat_interval {
+            return Err(ConfigError::new(
+                "pong_timeout",
+                format!(
+                    "must be greater than heartbeat_interval ({:?} <= {:?})",
+                    self.pong_timeout, self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.max_message_size < 125 {
+            return Err(ConfigError::new(
+                "max_message_size",
+                "must be at least 125 bytes",
+            ));
+        }
+        if self.max_queued_bytes < 256 {
+            return Err(ConfigError::new(
+                "max_queued_bytes",
+                "must be at least 256 bytes",
+            ));
+        }
+        let counts = [
+            ("max_queued_frames", self.max_queued_frames),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_channel_name_len", self.max_channel_name_len),
+        ];
+        for (field, value) in counts {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether clients may publish to `channel`.
+    pub(crate) fn client_may_publish(&self, channel: &str) -> bool {
+        self.client_publish.iter().any(|p| p.matches(channel))
+    }
+}

@@ -1,0 +1,749 @@
+//! The hub: clients, channels, publish and broadcast.
+//!
+//! There is no central event loop. A publish looks the channel up and loads its membership
+//! snapshot without locking, encodes the message once, and pushes a reference to the same
+//! bytes into each subscriber's bounded queue; it never waits for any client.
+
+pub(crate) mod client;
+pub(crate) mod members;
+pub(crate) mod registry;
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::task::TaskTracker;
+
+use crate::config::HubConfig;
+use crate::error::{ConfigError, PublishError, SubscribeError};
+use crate::frame::{self, close_code};
+use crate::message::channel::{validate_channel_name, ChannelName};
+use crate::message::{Json, Message};
+use crate::session::outbox::{Enqueue, Outbox};
+use crate::session::{self, DisconnectReason};
+pub use client::Client;
+use client::ClientShared;
+use members::{MemberSet, Snapshot};
+use registry::Registry;
+
+type ConnectHook = Arc<dyn Fn(&Client) + Send + Sync>;
+type DisconnectHook = Arc<dyn Fn(&Client, &DisconnectReason) + Send + Sync>;
+type MessageHook = Arc<dyn Fn(&Client, IncomingMessage) + Send + Sync>;
+
+#[derive(Default, Clone)]
+struct Hooks {
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+    on_message: Option<MessageHook>,
+}
+
+/// A message from a client that the hub does not handle itself: an unknown `type` in the
+/// go-ws protocol, or every message when [`HubConfig::raw_messages`] is set.
+#[derive(Clone)]
+pub struct IncomingMessage {
+    payload: Bytes,
+    binary: bool,
+    kind: Option<String>,
+}
+
+impl IncomingMessage {
+    pub(crate) fn new(payload: Bytes, binary: bool, kind: Option<String>) -> Self {
+        IncomingMessage {
+            payload,
+            binary,
+            kind,
+        }
+    }
+
+    /// The message payload, exactly as received (unmasked, fragments joined).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Whether it arrived in a binary frame (otherwise text, and valid UTF-8).
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The payload as text, for text frames.
+    pub fn text(&self) -> Option<&str> {
+        if self.binary {
+            return None;
+        }
+        std::str::from_utf8(&self.payload).ok()
+    }
+
+    /// The JSON `type` field (`None` in raw mode).
+    pub fn kind(&self) -> Option<&str> {
+        self.kind.as_deref()
+    }
+}
+
+impl fmt::Debug for IncomingMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingMessage")
+            .field("kind", &self.kind)
+            .field("binary", &self.binary)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// What one publish did on this node: every subscriber at the moment of the publish is in
+/// exactly one of the three counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PublishReport {
+    /// Clients the message was queued for.
+    pub enqueued: usize,
+    /// Clients that did not get it because their queue was full
+    /// ([`SlowConsumerPolicy::Drop`](crate::SlowConsumerPolicy::Drop)).
+    pub dropped: usize,
+    /// Clients that did not get it because they are disconnecting: already closing, or
+    /// disconnected by this publish as slow consumers.
+    pub disconnected: usize,
+}
+
+impl PublishReport {
+    /// All clients the publish addressed.
+    pub fn recipients(&self) -> usize {
+        self.enqueued + self.dropped + self.disconnected
+    }
+}
+
+/// Client and channel counts; serialises as go-ws does: `{"clients":N,"channels":M}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connected clients.
+    pub clients: usize,
+    /// Channels with at least one subscriber.
+    pub channels: usize,
+}
+
+/// Cumulative counters since the hub was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Publishes and broadcasts accepted.
+    pub published: u64,
+    /// Messages queued for clients (one per recipient).
+    pub delivered: u64,
+    /// Messages dropped for slow consumers (policy `Drop`).
+    pub dropped: u64,
+    /// Clients disconnected as slow consumers (policy `Disconnect`).
+    pub slow_consumer_disconnects: u64,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections ended.
+    pub disconnections: u64,
+    /// Connections closed for a protocol violation (1002, 1007, 1009).
+    pub protocol_errors: u64,
+    /// Hook calls that panicked (each was contained).
+    pub hook_panics: u64,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    slow_consumer_disconnects: AtomicU64,
+    connections: AtomicU64,
+    disconnections: AtomicU64,
+    protocol_errors: AtomicU64,
+    hook_panics: AtomicU64,
+}
+
+/// What [`Hub::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Clients connected when the shutdown began.
+    pub clients: usize,
+    /// Clients still connected at the deadline, dropped without finishing the close handshake.
+    pub forced: usize,
+}
+
+struct HubInner {
+    config: HubConfig,
+    hooks: Hooks,
+    channels: Registry,
+    clients: MemberSet,
+    next_id: AtomicU64,
+    shutting_down: AtomicBool,
+    /// Every session (and pending upgrade), so shutdown can wait for them.
+    tracker: TaskTracker,
+    counters: AtomicCounters,
+}
+
+/// The WebSocket hub. Cheap to clone: every clone is the same hub.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use wshub::{Hub, Json, Message};
+///
+/// let hub = Hub::new();
+/// let report = hub.publish("news", &Message::new("event").with_data(Json::string("hi"))).await.unwrap();
+/// assert_eq!(report.recipients(), 0); // nobody subscribed yet: not an error
+/// assert_eq!(hub.stats().clients, 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+/// Builds a [`Hub`] from a [`HubConfig`] and hooks.
+///
+/// Hooks run on the task of the client they concern, never on a publisher's path: a slow hook
+/// delays only that client's reading, and a panicking hook is contained (and counted).
+#[must_use]
+pub struct HubBuilder {
+    config: HubConfig,
+    hooks: Hooks,
+}
+
+impl HubBuilder {
+    /// Uses `config` (the default is [`HubConfig::default`]).
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Called when a client connects, before any of its messages is read.
+    pub fn on_connect(mut self, hook: impl Fn(&Client) + Send + Sync + 'static) -> Self {
+        self.hooks.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called once when a client's connection ends, whatever the reason. The client no longer
+    /// accepts messages, but [`Client::subscriptions`] still lists its channels.
+    pub fn on_disconnect(
+        mut self,
+        hook: impl Fn(&Client, &DisconnectReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_disconnect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called for each application message (see [`IncomingMessage`]). The hook may reply with
+    /// [`Client::send`], [`Client::send_text`] or [`Client::send_binary`]. Without this hook,
+    /// an unknown message type gets an `error` reply.
+    pub fn on_message(
+        mut self,
+        hook: impl Fn(&Client, IncomingMessage) + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.on_message = Some(Arc::new(hook));
+        self
+    }
+
+    /// Validates the configuration and builds the hub.
+    ///
+    /// # Errors
+    /// [`ConfigError`] from [`HubConfig::validate`].
+    pub fn build(self) -> Result<Hub, ConfigError> {
+        self.config.validate()?;
+        Ok(Hub {
+            inner: Arc::new(HubInner {
+                config: self.config,
+                hooks: self.hooks,
+                channels: Registry::new(),
+                clients: MemberSet::new(),
+                next_id: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+                tracker: TaskTracker::new(),
+                counters: AtomicCounters::default(),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("config", &self.config)
+            .field("on_connect", &self.hooks.on_connect.is_some())
+            .field("on_disconnect", &self.hooks.on_disconnect.is_some())
+            .field("on_message", &self.hooks.on_message.is_some())
+            .finish()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    /// A hub with the default configuration and no hooks.
+    pub fn new() -> Hub {
+        Hub::builder()
+            .build()
+            .unwrap_or_else(|e| unreachable!("default config is valid: {e}"))
+    }
+
+    /// A builder for a configured hub with hooks.
+    ///
+    /// # Examples
+    /// ```
+    /// use wshub::{Hub, HubConfig};
+    /// let hub = Hub::builder()
+    ///     .config(HubConfig::default().max_subscriptions(16))
+    ///     .on_connect(|client| println!("client {} connected", client.id()))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(hub.config().max_subscriptions, 16);
+    /// ```
+    pub fn builder() -> HubBuilder {
+        HubBuilder {
+            config: HubConfig::default(),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    // ----- publishing -------------------------------------------------------------------
+
+    /// Publishes `message` to every subscriber of `channel` (go-ws `SendToChannel`): the
+    /// message's `channel` field is set to `channel`. No subscribers is not an error.
+    ///
+    /// Resolves as soon as the message is queued for every local subscriber; it never waits
+    /// for a client.
+    ///
+    /// # Errors
+    /// [`PublishError`] for an invalid channel name or a hub that is shutting down; then no
+    /// client got the message.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the message is delivered in the first poll or not at all.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        message: &Message,
+    ) -> Result<PublishReport, PublishError> {
+        self.publish_local(channel, message)
+    }
+
+    /// Like [`Hub::publish`], synchronously, to this node's subscribers only.
+    ///
+    /// # Errors
+    /// As [`Hub::publish`].
+    pub fn publish_local(
+        &self,
+        channel: &str,
+        message: &Message,
+    ) -> Result<PublishReport, PublishError> {
+        self.accepting()?;
+        validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        self.inner
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(ch) = self.inner.channels.get(channel) else {
+            return Ok(PublishReport::default());
+        };
+        let members = ch.members.load();
+        if members.len() == 0 {
+            return Ok(PublishReport::default());
+        }
+        let frame = message.encode_frame(Some(channel), SystemTime::now());
+        Ok(self.deliver(&members, &frame))
+    }
+
+    /// Sends `message` to every connected client (go-ws `Broadcast`), unchanged.
+    ///
+    /// # Errors
+    /// [`PublishError::ShuttingDown`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Hub::publish`].
+    pub async fn broadcast(&self, message: &Message) -> Result<PublishReport, PublishError> {
+        self.broadcast_local(message)
+    }
+
+    /// Like [`Hub::broadcast`], synchronously, to this node's clients only.
+    ///
+    /// # Errors
+    /// As [`Hub::broadcast`].
+    pub fn broadcast_local(&self, message: &Message) -> Result<PublishReport, PublishError> {
+        self.accepting()?;
+        self.inner
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
+        let members = self.inner.clients.load();
+        if members.len() == 0 {
+            return Ok(PublishReport::default());
+        }
+        let frame = message.encode_frame(None, SystemTime::now());
+        Ok(self.deliver(&members, &frame))
+    }
+
+    /// go-ws `SendProcessOutput`: publishes [`Message::process_output`] to `process:<id>`.
+    ///
+    /// # Errors
+    /// As [`Hub::publish`] (an `id` that makes an invalid channel name is refused).
+    pub async fn send_process_output(
+        &self,
+        id: &str,
+        line: &str,
+    ) -> Result<PublishReport, PublishError> {
+        let msg = Message::process_output(id, line);
+        self.publish(msg.channel(), &msg).await
+    }
+
+    /// go-ws `SendProcessStatus`: publishes [`Message::process_status`] to `process:<id>`.
+    ///
+    /// # Errors
+    /// As [`Hub::publish`].
+    pub async fn send_process_status(
+        &self,
+        id: &str,
+        status: &str,
+        exit_code: i64,
+    ) -> Result<PublishReport, PublishError> {
+        let msg = Message::process_status(id, status, exit_code);
+        self.publish(msg.channel(), &msg).await
+    }
+
+    /// go-ws `SendEvent`: broadcasts [`Message::event`].
+    ///
+    /// # Errors
+    /// As [`Hub::broadcast`].
+    pub async fn send_event(&self, name: &str, data: &Json) -> Result<PublishReport, PublishError> {
+        self.broadcast(&Message::event(name, data)).await
+    }
+
+    /// go-ws `SendError`: broadcasts [`Message::error`].
+    ///
+    /// # Errors
+    /// As [`Hub::broadcast`].
+    pub async fn send_error(&self, text: &str) -> Result<PublishReport, PublishError> {
+        self.broadcast(&Message::error(text)).await
+    }
+
+    fn accepting(&self) -> Result<(), PublishError> {
+        if self.is_shutting_down() {
+            return Err(PublishError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Queues one shared frame for every member of `members`.
+    fn deliver(&self, members: &Snapshot, frame: &Bytes) -> PublishReport {
+        let mut report = PublishReport::default();
+        let mut slow = 0;
+        for client in members.iter() {
+            match client.outbox.push_data(frame.clone()) {
+                Enqueue::Queued => report.enqueued += 1,
+                Enqueue::Dropped => report.dropped += 1,
+                Enqueue::SlowConsumer => {
+                    slow += 1;
+                    report.disconnected += 1;
+                }
+                Enqueue::Closed => report.disconnected += 1,
+            }
+        }
+        let c = &self.inner.counters;
+        c.delivered
+            .fetch_add(report.enqueued as u64, Ordering::Relaxed);
+        if report.dropped > 0 {
+            c.dropped
+                .fetch_add(report.dropped as u64, Ordering::Relaxed);
+        }
+        if slow > 0 {
+            c.slow_consumer_disconnects
+                .fetch_add(slow, Ordering::Relaxed);
+        }
+        report
+    }
+
+    // ----- membership -------------------------------------------------------------------
+
+    /// Subscribes `client` to `channel`. Idempotent: `Ok(false)` if it already was.
+    ///
+    /// # Errors
+    /// [`SubscribeError`]: invalid channel name, the client's subscription limit
+    /// ([`HubConfig::max_subscriptions`]) reached, or the client is closed.
+    pub fn subscribe(&self, client: &Client, channel: &str) -> Result<bool, SubscribeError> {
+        self.subscribe_shared(client.shared(), channel)
+    }
+
+    /// Unsubscribes `client` from `channel`. Idempotent: `Ok(false)` if it was not
+    /// subscribed. A channel whose last subscriber leaves is deleted.
+    ///
+    /// # Errors
+    /// [`SubscribeError::ChannelName`] for an invalid name.
+    pub fn unsubscribe(&self, client: &Client, channel: &str) -> Result<bool, SubscribeError> {
+        self.unsubscribe_shared(client.shared(), channel)
+    }
+
+    pub(crate) fn subscribe_shared(
+        &self,
+        client: &Arc<ClientShared>,
+        channel: &str,
+    ) -> Result<bool, SubscribeError> {
+        let config = &self.inner.config;
+        let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
+        let mut subs = client.subscriptions();
+        if subs.closed {
+            return Err(SubscribeError::ClientClosed);
+        }
+        if subs.channels.contains(channel) {
+            return Ok(false);
+        }
+        if subs.channels.len() >= config.max_subscriptions {
+            return Err(SubscribeError::TooManySubscriptions {
+                limit: config.max_subscriptions,
+            });
+        }
+        self.inner.channels.join(&name, client);
+        subs.channels.insert(name);
+        Ok(true)
+    }
+
+    pub(crate) fn unsubscribe_shared(
+        &self,
+        client: &Arc<ClientShared>,
+        channel: &str,
+    ) -> Result<bool, SubscribeError> {
+        validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        let mut subs = client.subscriptions();
+        if !subs.channels.remove(channel) {
+            return Ok(false);
+        }
+        self.inner.channels.leave(channel, client.id);
+        Ok(true)
+    }
+
+    /// The connected client with this id.
+    pub fn client(&self, id: u64) -> Option<Client> {
+        self.inner
+            .clients
+            .get(id)
+            .map(|c| Client::new(c, self.clone()))
+    }
+
+    /// Every connected client.
+    pub fn clients(&self) -> Vec<Client> {
+        self.inner
+            .clients
+            .load()
+            .iter()
+            .map(|c| Client::new(Arc::clone(c), self.clone()))
+            .collect()
+    }
+
+    /// Number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.inner.clients.len()
+    }
+
+    /// Number of channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.inner.channels.len()
+    }
+
+    /// Number of subscribers of `channel` (0 for an unknown channel).
+    pub fn channel_subscriber_count(&self, channel: &str) -> usize {
+        self.inner
+            .channels
+            .get(channel)
+            .map_or(0, |c| c.members.len())
+    }
+
+    /// Every channel with its subscriber count, sorted by name.
+    pub fn channel_subscriber_counts(&self) -> Vec<(ChannelName, usize)> {
+        self.inner.channels.subscriber_counts()
+    }
+
+    /// Client and channel counts (go-ws `Stats`).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            clients: self.client_count(),
+            channels: self.channel_count(),
+        }
+    }
+
+    /// Cumulative counters.
+    pub fn counters(&self) -> Counters {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            published: get(&c.published),
+            delivered: get(&c.delivered),
+            dropped: get(&c.dropped),
+            slow_consumer_disconnects: get(&c.slow_consumer_disconnects),
+            connections: get(&c.connections),
+            disconnections: get(&c.disconnections),
+            protocol_errors: get(&c.protocol_errors),
+            hook_panics: get(&c.hook_panics),
+        }
+    }
+
+    // ----- connections ------------------------------------------------------------------
+
+    /// Serves one WebSocket connection whose handshake is already done (server side), until
+    /// it ends. [`Hub::upgrade`] does this for hyper requests; use `serve` for streams upgraded
+    /// by other means. The hub's [`shutdown`](Hub::shutdown) waits for it.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the connection; the client is unregistered and the disconnect
+    /// hook fires.
+    pub async fn serve<S>(&self, io: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.inner
+            .tracker
+            .track_future(session::serve(self.clone(), io))
+            .await;
+    }
+
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.inner.tracker
+    }
+
+    /// Whether [`Hub::shutdown`] has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        // SeqCst pairs with the store in `shutdown`: a client registered after shutdown read
+        // the client list is guaranteed to see the flag.
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Shuts the hub down: new connections and publishes are refused, every client receives
+    /// what was already queued for it and then close code 1001 "going away". Clients still
+    /// connected at `deadline` are dropped. Every disconnect hook has run when this returns,
+    /// and no client or channel remains.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: dropping the future leaves clients closing without the deadline.
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let members = self.inner.clients.load();
+        let clients = members.len();
+        for c in members.iter() {
+            c.outbox.request_close(
+                frame::close_frame(close_code::GOING_AWAY, "going away"),
+                false,
+                DisconnectReason::Shutdown,
+            );
+        }
+        drop(members);
+        let tracker = &self.inner.tracker;
+        tracker.close();
+        let mut forced = 0;
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            let members = self.inner.clients.load();
+            forced = members.len();
+            for c in members.iter() {
+                c.outbox.abort(DisconnectReason::Shutdown);
+            }
+            drop(members);
+            let grace = self.inner.config.close_timeout;
+            let _ = tokio::time::timeout(grace, tracker.wait()).await;
+        }
+        ShutdownReport { clients, forced }
+    }
+
+    /// Registers a new client (its session is starting).
+    pub(crate) fn register(&self) -> Arc<ClientShared> {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Outbox::new(
+            config.max_queued_bytes,
+            config.max_queued_frames,
+            config.slow_consumer,
+        );
+        let client = ClientShared::new(id, outbox);
+        inner.clients.insert(&client);
+        inner.counters.connections.fetch_add(1, Ordering::Relaxed);
+        if self.is_shutting_down() {
+            client.outbox.request_close(
+                frame::close_frame(close_code::GOING_AWAY, "going away"),
+                false,
+                DisconnectReason::Shutdown,
+            );
+        }
+        if let Some(hook) = &inner.hooks.on_connect {
+            let handle = Client::new(Arc::clone(&client), self.clone());
+            self.guarded(|| hook(&handle));
+        }
+        client
+    }
+
+    /// Unregisters a client whose session ended: no more messages, hook, then removal from
+    /// every channel (emptied channels are deleted) and from the client list.
+    pub(crate) fn unregister(&self, client: &Arc<ClientShared>, reason: &DisconnectReason) {
+        let inner = &self.inner;
+        client.outbox.close();
+        client.subscriptions().closed = true;
+        if let Some(hook) = &inner.hooks.on_disconnect {
+            let handle = Client::new(Arc::clone(client), self.clone());
+            self.guarded(|| hook(&handle, reason));
+        }
+        let channels = std::mem::take(&mut client.subscriptions().channels);
+        for channel in &channels {
+            inner.channels.leave(channel, client.id);
+        }
+        inner.clients.remove(client.id);
+        inner
+            .counters
+            .disconnections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_message_hook(&self) -> bool {
+        self.inner.hooks.on_message.is_some()
+    }
+
+    pub(crate) fn call_message_hook(&self, client: &Arc<ClientShared>, message: IncomingMessage) {
+        if let Some(hook) = &self.inner.hooks.on_message {
+            let handle = Client::new(Arc::clone(client), self.clone());
+            self.guarded(|| hook(&handle, message));
+        }
+    }
+
+    pub(crate) fn count_protocol_error(&self) {
+        self.inner
+            .counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs a hook, containing (and counting) a panic.
+    fn guarded(&self, hook: impl FnOnce()) {
+        if catch_unwind(AssertUnwindSafe(hook)).is_err() {
+            self.inner
+                .counters
+                .hook_panics
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a wshub hook panicked; the panic was contained");
+        }
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("clients", &self.client_count())
+            .field("channels", &self.channel_count())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,136 @@
+//! Channel name → channel, sharded, each shard an immutable map in an [`ArcSwap`].
+//!
+//! Publishers look a channel up without locking. Creating or deleting a channel copies one
+//! shard's map (channels / [`SHARDS`] entries) under that shard's mutex; joins and leaves of an
+//! existing channel take the same mutex, so a channel can never be deleted while a client is
+//! joining it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::hub::client::ClientShared;
+use crate::hub::members::MemberSet;
+use crate::message::channel::ChannelName;
+
+/// Number of shards of the channel map.
+const SHARDS: usize = 64;
+
+/// One channel and its subscribers.
+pub(crate) struct Channel {
+    pub(crate) name: ChannelName,
+    pub(crate) members: MemberSet,
+}
+
+type Map = HashMap<ChannelName, Arc<Channel>>;
+
+struct Shard {
+    /// Published map; replaced, never mutated.
+    map: ArcSwap<Map>,
+    /// Serialises changes to this shard (creating, deleting, joining, leaving).
+    lock: Mutex<()>,
+}
+
+pub(crate) struct Registry {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    /// Number of channels, maintained under the shard locks.
+    count: AtomicUsize,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                map: ArcSwap::from_pointee(Map::new()),
+                lock: Mutex::new(()),
+            })
+            .collect();
+        Registry {
+            shards,
+            hasher: RandomState::new(),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, name: &str) -> &Shard {
+        let h = self.hasher.hash_one(name);
+        &self.shards[(h % SHARDS as u64) as usize]
+    }
+
+    fn lock(shard: &Shard) -> MutexGuard<'_, ()> {
+        shard.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The channel named `name`, without locking.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Channel>> {
+        self.shard(name).map.load().get(name).cloned()
+    }
+
+    /// Adds `client` to channel `name`, creating the channel; `false` if already a member.
+    pub(crate) fn join(&self, name: &ChannelName, client: &Arc<ClientShared>) -> bool {
+        let shard = self.shard(name);
+        let _guard = Self::lock(shard);
+        let map = shard.map.load();
+        if let Some(ch) = map.get(&**name) {
+            return ch.members.insert(client);
+        }
+        let channel = Arc::new(Channel {
+            name: name.clone(),
+            members: MemberSet::new(),
+        });
+        channel.members.insert(client);
+        let mut next = Map::clone(&map);
+        next.insert(name.clone(), channel);
+        shard.map.store(Arc::new(next));
+        // Relaxed: the count is a statistic; the map itself is the source of truth.
+        self.count.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Removes client `id` from channel `name`, deleting the channel when it empties; `false`
+    /// if it was not a member.
+    pub(crate) fn leave(&self, name: &str, id: u64) -> bool {
+        let shard = self.shard(name);
+        let _guard = Self::lock(shard);
+        let map = shard.map.load();
+        let Some(ch) = map.get(name) else {
+            return false;
+        };
+        if !ch.members.remove(id) {
+            return false;
+        }
+        if ch.members.len() == 0 {
+            let mut next = Map::clone(&map);
+            next.remove(name);
+            shard.map.store(Arc::new(next));
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Number of channels.
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Every channel with its subscriber count, sorted by name.
+    pub(crate) fn subscriber_counts(&self) -> Vec<(ChannelName, usize)> {
+        let mut out: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.map
+                    .load()
+                    .values()
+                    .map(|c| (c.name.clone(), c.members.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}

@@ -1,0 +1,351 @@
+//! The go-ws wire format: outbound [`Message`]s (encoded once, byte-compatible with go-ws),
+//! caller-supplied JSON ([`Json`]) and the inbound request parser.
+
+pub(crate) mod channel;
+pub(crate) mod json;
+pub(crate) mod parse;
+
+use std::fmt;
+use std::io::Write as _;
+use std::time::SystemTime;
+
+use bytes::{BufMut, Bytes};
+
+use crate::frame::{self, OpCode};
+use json::JsonError;
+
+/// A JSON value in Go-canonical form: compact, object keys sorted, strings escaped as Go's
+/// `encoding/json` does (`<`, `>`, `&`, U+2028, U+2029), numbers kept as their exact text.
+///
+/// Cloning is a reference-count increment.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Json(Bytes);
+
+impl Json {
+    /// Parses JSON text and re-encodes it the way go-ws would send it, except that numbers
+    /// keep their exact text (Go would round them through `float64`).
+    ///
+    /// # Errors
+    /// [`JsonError`] with the byte offset when `text` is not valid JSON (RFC 8259).
+    ///
+    /// # Examples
+    /// ```
+    /// use wshub::Json;
+    /// let data = Json::parse(r#"{ "b": "<x>", "a": 12345678901234567890123 }"#).unwrap();
+    /// assert_eq!(data.as_str(), r#"{"a":12345678901234567890123,"b":"\u003cx\u003e"}"#);
+    /// ```
+    pub fn parse(text: impl AsRef<[u8]>) -> Result<Json, JsonError> {
+        let text = text.as_ref();
+        let mut out = Vec::with_capacity(text.len());
+        json::canonicalize(text, &mut out)?;
+        Ok(Json(out.into()))
+    }
+
+    /// A JSON string holding `s`.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(wshub::Json::string("a&b").as_str(), r#""a\u0026b""#);
+    /// ```
+    pub fn string(s: &str) -> Json {
+        let mut out = Vec::with_capacity(s.len() + 2);
+        json::write_string(&mut out, s);
+        Json(out.into())
+    }
+
+    /// JSON `null`.
+    pub fn null() -> Json {
+        Json(Bytes::from_static(b"null"))
+    }
+
+    /// Serialises `value` with serde and brings it into canonical form (object keys sorted,
+    /// as Go sorts map keys).
+    ///
+    /// # Errors
+    /// [`JsonError`] (kind `Serialize`) when serde cannot represent the value as JSON, for
+    /// example a map with non-string keys.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::collections::HashMap;
+    /// let data = wshub::Json::from_serialize(&HashMap::from([("user", "alice")])).unwrap();
+    /// assert_eq!(data.as_str(), r#"{"user":"alice"}"#);
+    /// ```
+    pub fn from_serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Json, JsonError> {
+        let text = serde_json::to_vec(value).map_err(|e| JsonError::serialize(&e))?;
+        Json::parse(text)
+    }
+
+    /// Wraps bytes already known to be canonical JSON.
+    pub(crate) fn from_canonical(bytes: Vec<u8>) -> Json {
+        Json(bytes.into())
+    }
+
+    /// The canonical JSON text.
+    pub fn as_str(&self) -> &str {
+        // Canonical output is built from `str`s and ASCII only, so this never fails.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The canonical JSON text as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Json").field("len", &self.0.len()).finish()
+    }
+}
+
+impl fmt::Display for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An outbound message in the go-ws format:
+/// `{"type":T,"channel":C,"processId":P,"data":D,"timestamp":TS}`.
+///
+/// `channel` and `processId` are omitted when empty, `data` when absent; the timestamp is set
+/// when the message is published. A message is encoded and framed once per publish, and every
+/// recipient gets a reference to the same bytes.
+///
+/// # Examples
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use wshub::{Json, Message};
+///
+/// let msg = Message::new("event").with_data(Json::string("hi"));
+/// let at = UNIX_EPOCH + Duration::new(1_795_000_000, 843_012_237);
+/// assert_eq!(
+///     msg.to_json(Some("news"), at),
+///     r#"{"type":"event","channel":"news","data":"hi","timestamp":"2026-11-18T11:06:40.843012237Z"}"#
+/// );
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    kind: Box<str>,
+    channel: Box<str>,
+    process_id: Box<str>,
+    data: Option<Json>,
+}
+
+impl Message {
+    /// A message of type `kind` with no channel, process id or data.
+    pub fn new(kind: impl Into<String>) -> Message {
+        Message {
+            kind: kind.into().into_boxed_str(),
+            channel: Box::default(),
+            process_id: Box::default(),
+            data: None,
+        }
+    }
+
+    /// Sets the `channel` field (publishing to a channel overrides it with that channel).
+    #[must_use]
+    pub fn with_channel(mut self, channel: impl Into<String>) -> Message {
+        self.channel = channel.into().into_boxed_str();
+        self
+    }
+
+    /// Sets the `processId` field.
+    #[must_use]
+    pub fn with_process_id(mut self, id: impl Into<String>) -> Message {
+        self.process_id = id.into().into_boxed_str();
+        self
+    }
+
+    /// Sets the `data` field.
+    #[must_use]
+    pub fn with_data(mut self, data: Json) -> Message {
+        self.data = Some(data);
+        self
+    }
+
+    /// go-ws `SendProcessOutput`: type `process_output` on channel `process:<id>` with
+    /// `processId` and the line as `data`.
+    pub fn process_output(id: &str, line: &str) -> Message {
+        Message::new("process_output")
+            .with_channel(format!("process:{id}"))
+            .with_process_id(id)
+            .with_data(Json::string(line))
+    }
+
+    /// go-ws `SendProcessStatus`: type `process_status` on channel `process:<id>` with
+    /// `data: {"exitCode":N,"status":S}`.
+    pub fn process_status(id: &str, status: &str, exit_code: i64) -> Message {
+        let mut data = Vec::with_capacity(32 + status.len());
+        let _ = write!(data, "{{\"exitCode\":{exit_code},\"status\":");
+        json::write_string(&mut data, status);
+        data.push(b'}');
+        Message::new("process_status")
+            .with_channel(format!("process:{id}"))
+            .with_process_id(id)
+            .with_data(Json::from_canonical(data))
+    }
+
+    /// go-ws `SendEvent`: type `event` with `data: {"data":D,"event":name}`.
+    pub fn event(name: &str, data: &Json) -> Message {
+        let mut out = Vec::with_capacity(24 + name.len() + data.as_bytes().len());
+        out.extend_from_slice(b"{\"data\":");
+        out.extend_from_slice(data.as_bytes());
+        out.extend_from_slice(b",\"event\":");
+        json::write_string(&mut out, name);
+        out.push(b'}');
+        Message::new("event").with_data(Json::from_canonical(out))
+    }
+
+    /// go-ws `SendError`: type `error` with the text as `data`.
+    pub fn error(text: &str) -> Message {
+        Message::new("error").with_data(Json::string(text))
+    }
+
+    /// The `type` field.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The `channel` field ("" when unset).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The `processId` field ("" when unset).
+    pub fn process_id(&self) -> &str {
+        &self.process_id
+    }
+
+    /// The `data` field.
+    pub fn data(&self) -> Option<&Json> {
+        self.data.as_ref()
+    }
+
+    /// The exact JSON text wshub sends for this message at time `timestamp`, with `channel`
+    /// overriding the message's own channel field.
+    pub fn to_json(&self, channel: Option<&str>, timestamp: SystemTime) -> String {
+        let mut out = Vec::with_capacity(self.size_hint());
+        self.write_json(&mut out, channel, timestamp);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn size_hint(&self) -> usize {
+        64 + self.kind.len()
+            + 2 * self.channel.len().max(16)
+            + self.process_id.len()
+            + self.data.as_ref().map_or(0, |d| d.0.len())
+    }
+
+    fn write_json<B: BufMut>(&self, out: &mut B, channel: Option<&str>, timestamp: SystemTime) {
+        out.put_slice(b"{\"type\":");
+        json::write_string(out, &self.kind);
+        let channel = channel.unwrap_or(&self.channel);
+        if !channel.is_empty() {
+            out.put_slice(b",\"channel\":");
+            json::write_string(out, channel);
+        }
+        if !self.process_id.is_empty() {
+            out.put_slice(b",\"processId\":");
+            json::write_string(out, &self.process_id);
+        }
+        if let Some(data) = &self.data {
+            out.put_slice(b",\"data\":");
+            out.put_slice(&data.0);
+        }
+        out.put_slice(b",\"timestamp\":");
+        json::write_timestamp(out, timestamp);
+        out.put_u8(b'}');
+    }
+
+    /// Encodes the message once into a complete, unmasked text frame.
+    pub(crate) fn encode_frame(&self, channel: Option<&str>, timestamp: SystemTime) -> Bytes {
+        frame::encode_with(OpCode::Text, self.size_hint(), |buf| {
+            self.write_json(buf, channel, timestamp);
+        })
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("kind", &self.kind)
+            .field("channel", &self.channel)
+            .field("process_id", &self.process_id)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn at() -> SystemTime {
+        UNIX_EPOCH + Duration::new(1_795_000_000, 843_012_237)
+    }
+    const TS: &str = r#""timestamp":"2026-11-18T11:06:40.843012237Z"}"#;
+
+    #[test]
+    fn go_ws_literals() {
+        assert_eq!(
+            Message::process_output("p1", "line").to_json(None, at()),
+            format!(
+                r#"{{"type":"process_output","channel":"process:p1","processId":"p1","data":"line",{TS}"#
+            )
+        );
+        assert_eq!(
+            Message::process_status("p1", "exited", -1).to_json(None, at()),
+            format!(
+                r#"{{"type":"process_status","channel":"process:p1","processId":"p1","data":{{"exitCode":-1,"status":"exited"}},{TS}"#
+            )
+        );
+        let user = Json::parse(r#"{"user":"alice"}"#).unwrap();
+        assert_eq!(
+            Message::event("user_joined", &user).to_json(None, at()),
+            format!(
+                r#"{{"type":"event","data":{{"data":{{"user":"alice"}},"event":"user_joined"}},{TS}"#
+            )
+        );
+        assert_eq!(
+            Message::new("pong").to_json(None, at()),
+            format!(r#"{{"type":"pong",{TS}"#)
+        );
+        assert_eq!(
+            Message::error("a<b").to_json(None, at()),
+            format!(r#"{{"type":"error","data":"a\u003cb",{TS}"#)
+        );
+    }
+
+    #[test]
+    fn data_is_omitted_only_when_absent() {
+        for (data, text) in [
+            ("\"\"", "\"\""),
+            ("0", "0"),
+            ("false", "false"),
+            ("{}", "{}"),
+        ] {
+            let msg = Message::new("event").with_data(Json::parse(data).unwrap());
+            assert_eq!(
+                msg.to_json(None, at()),
+                format!(r#"{{"type":"event","data":{text},{TS}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn frame_wraps_exactly_the_json() {
+        let msg = Message::process_output("p1", &"x".repeat(300));
+        let frame = msg.encode_frame(None, at());
+        let json = msg.to_json(None, at());
+        assert_eq!(frame[0], 0x81);
+        assert_eq!(frame[1], 126);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([frame[2], frame[3]])),
+            json.len()
+        );
+        assert_eq!(&frame[4..], json.as_bytes());
+    }
+}

@@ -1,0 +1,403 @@
+//! The `wshub` server: a [`Hub`] behind one HTTP listener with the WebSocket endpoint and the
+//! HTTP publish API.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /ws` | WebSocket endpoint ([`Hub::upgrade`]) |
+//! | `POST /api/publish` | body `{"channel":C,"type"?:T,"data"?:D,"processId"?:P}`; `type` defaults to `event` |
+//! | `POST /api/broadcast` | body `{"type"?:T,"data"?:D}` |
+//! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}` |
+//! | `GET /healthz` | `{"status":"ok"}`, or 503 while shutting down |
+//!
+//! Publish and broadcast answer 200 with the [`PublishReport`](crate::PublishReport) as JSON.
+//! Errors are `{"error":"<reason>"}`: 400 bad body, 401 missing or wrong API key, 404, 405,
+//! 413 body larger than [`ServerConfig::max_body_size`], 503 shutting down. With an API key
+//! configured, `/api/*` requires `Authorization: Bearer <key>`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::PublishError;
+use crate::http::Body;
+use crate::hub::{Hub, ShutdownReport};
+use crate::message::{Json, Message};
+
+/// Configuration of the HTTP side of the `wshub` server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to listen on. The default value is `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// When set, `/api/*` requires `Authorization: Bearer <key>`. The default value is `None`.
+    pub api_key: Option<String>,
+    /// Largest accepted HTTP API request body in bytes; larger ones get 413. The default value
+    /// is 1 MiB.
+    pub max_body_size: usize,
+    /// How long shutdown waits for clients to receive their queued messages and close.
+    /// The default value is 10 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_key: None,
+            max_body_size: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets [`listen`](Self::listen) (default `127.0.0.1:8080`).
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Sets [`api_key`](Self::api_key) (default none).
+    #[must_use]
+    pub fn api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    /// Sets [`max_body_size`](Self::max_body_size) (default 1 MiB).
+    #[must_use]
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// Sets [`shutdown_timeout`](Self::shutdown_timeout) (default 10 s).
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+}
+
+/// A bound `wshub` server.
+///
+/// # Examples
+/// ```no_run
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// use wshub::{server::{Server, ServerConfig}, Hub};
+/// let server = Server::bind(Hub::new(), ServerConfig::default()).await?;
+/// println!("listening on {}", server.local_addr());
+/// server.run(async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    hub: Hub,
+    config: Arc<ServerConfig>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Binds the listener.
+    ///
+    /// # Errors
+    /// The I/O error from binding [`ServerConfig::listen`].
+    pub async fn bind(hub: Hub, config: ServerConfig) -> io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Server {
+            hub,
+            config: Arc::new(config),
+            listener,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The hub this server serves.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, shuts the hub down (clients
+    /// get their queued messages and close 1001) and lets in-flight HTTP requests finish,
+    /// each within [`ServerConfig::shutdown_timeout`].
+    ///
+    /// # Errors
+    /// Never fails once bound; accept errors (e.g. too many open files) are logged and
+    /// retried after a short pause.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<ShutdownReport> {
+        let Server {
+            hub,
+            config,
+            listener,
+        } = self;
+        let connections = TaskTracker::new();
+        let stop = CancellationToken::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        let (hub, config, stop) = (hub.clone(), Arc::clone(&config), stop.clone());
+                        connections.spawn(serve_http(TokioIo::new(tcp), hub, config, stop));
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        stop.cancel();
+        let report = hub.shutdown(config.shutdown_timeout).await;
+        connections.close();
+        let _ = tokio::time::timeout(config.shutdown_timeout, connections.wait()).await;
+        Ok(report)
+    }
+}
+
+async fn serve_http(
+    io: TokioIo<tokio::net::TcpStream>,
+    hub: Hub,
+    config: Arc<ServerConfig>,
+    stop: CancellationToken,
+) {
+    let service = service_fn(move |req| {
+        let (hub, config) = (hub.clone(), Arc::clone(&config));
+        async move { Ok::<_, Infallible>(route(req, &hub, &config).await) }
+    });
+    let conn = http1::Builder::new()
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    match (path.as_str(), method) {
+        ("/ws", Method::GET) => hub.upgrade(&mut req),
+        ("/healthz", Method::GET) => {
+            if hub.is_shutting_down() {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    br#"{"status":"shutting down"}"#.to_vec(),
+                )
+            } else {
+                json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+            }
+        }
+        ("/api/publish" | "/api/broadcast" | "/api/stats", method) => {
+            if let Some(resp) = authorize(&req, config) {
+                return resp;
+            }
+            match (path.as_str(), method) {
+                ("/api/publish", Method::POST) => api_publish(req, hub, config, true).await,
+                ("/api/broadcast", Method::POST) => api_publish(req, hub, config, false).await,
+                ("/api/stats", Method::GET) => api_stats(hub),
+                ("/api/stats", _) => not_allowed("GET"),
+                _ => not_allowed("POST"),
+            }
+        }
+        ("/ws" | "/healthz", _) => not_allowed("GET"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `None` when authorised, else the 401 response.
+fn authorize(req: &Request<Incoming>, config: &ServerConfig) -> Option<Response<Body>> {
+    let Some(key) = &config.api_key else {
+        return None;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        return None;
+    }
+    let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid API key");
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
+/// Compares without an early exit, so the time taken does not reveal the matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, rename = "processId")]
+    process_id: Option<String>,
+}
+
+async fn api_publish(
+    req: Request<Incoming>,
+    hub: &Hub,
+    config: &ServerConfig,
+    to_channel: bool,
+) -> Response<Body> {
+    let body = match read_body(req, config.max_body_size).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let parsed: PublishBody<'_> = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
+    };
+    let mut message = Message::new(parsed.kind.unwrap_or_else(|| "event".to_owned()));
+    if let Some(data) = parsed.data {
+        match Json::parse(data.get()) {
+            Ok(d) => message = message.with_data(d),
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid data: {e}")),
+        }
+    }
+    if let Some(pid) = parsed.process_id {
+        message = message.with_process_id(pid);
+    }
+    let result = if to_channel {
+        let Some(channel) = parsed.channel else {
+            return error(StatusCode::BAD_REQUEST, "missing field \"channel\"");
+        };
+        hub.publish(&channel, &message).await
+    } else {
+        hub.broadcast(&message).await
+    };
+    match result {
+        Ok(report) => json(
+            StatusCode::OK,
+            serde_json::to_vec(&report).unwrap_or_default(),
+        ),
+        Err(e @ PublishError::ShuttingDown) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body larger than {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("could not read body: {e}"),
+        )),
+    }
+}
+
+fn api_stats(hub: &Hub) -> Response<Body> {
+    let subscribers: serde_json::Map<String, serde_json::Value> = hub
+        .channel_subscriber_counts()
+        .into_iter()
+        .map(|(name, n)| (name.as_str().to_owned(), n.into()))
+        .collect();
+    let stats = hub.stats();
+    let body = serde_json::json!({
+        "clients": stats.clients,
+        "channels": stats.channels,
+        "subscribers": subscribers,
+        "counters": hub.counters(),
+    });
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, reason: &str) -> Response<Body> {
+    json(
+        status,
+        serde_json::to_vec(&serde_json::json!({ "error": reason })).unwrap_or_default(),
+    )
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

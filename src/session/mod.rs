@@ -1,0 +1,522 @@
+//! One connection: a single task that reads, writes and keeps time.
+//!
+//! The session is a hand-written future over any `AsyncRead + AsyncWrite` stream. Each poll
+//! reads and decodes what arrived, takes everything queued in the client's [`Outbox`] and writes
+//! it with one vectored write, and checks the heartbeat, pong, write and close deadlines on a
+//! single timer. Reading and writing never wait for each other, and no task other than this one
+//! touches the socket, so concurrent writes are impossible by construction.
+
+pub(crate) mod outbox;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+
+use crate::frame::{self, Decoder, Frame, Role};
+use crate::hub::client::ClientShared;
+use crate::hub::{Hub, IncomingMessage};
+use crate::message::parse::{self, Request};
+use crate::message::{Json, Message};
+use outbox::Take;
+
+/// Frames gathered into one vectored write at most (Linux allows 1024 iovecs).
+const MAX_IOV: usize = 64;
+/// Read buffer growth step. The buffer is allocated when a read is attempted and released
+/// whenever the connection goes idle with nothing buffered.
+const READ_CHUNK: usize = 4096;
+
+/// Why a client's connection ended; passed to the disconnect hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The client sent a close frame (code absent when the frame had no payload).
+    ClientClosed {
+        /// The client's close code.
+        code: Option<u16>,
+        /// The client's close reason.
+        reason: String,
+    },
+    /// The server closed the connection through [`Client::close`].
+    Closed {
+        /// The close code sent.
+        code: u16,
+        /// The reason sent.
+        reason: String,
+    },
+    /// The client violated RFC 6455 (or sent too big a message); the server sent this close
+    /// code (1002, 1007 or 1009).
+    ProtocolError {
+        /// Close code sent to the client.
+        code: u16,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The client's queue overflowed under [`SlowConsumerPolicy::Disconnect`]; it got close
+    /// code 1008 "slow consumer".
+    ///
+    /// [`SlowConsumerPolicy::Disconnect`]: crate::SlowConsumerPolicy::Disconnect
+    SlowConsumer,
+    /// Nothing was received from the client within the pong timeout.
+    PongTimeout,
+    /// The client's socket accepted no data within the write timeout.
+    WriteTimeout,
+    /// The client did not answer the server's close frame within the close timeout.
+    CloseTimeout,
+    /// The connection was lost without a close frame (EOF or I/O error).
+    ConnectionLost,
+    /// The hub shut down; the client got close code 1001 "going away".
+    Shutdown,
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::ClientClosed {
+                code: Some(c),
+                reason,
+            } => {
+                write!(f, "client closed the connection ({c} {reason:?})")
+            }
+            DisconnectReason::ClientClosed { code: None, .. } => {
+                f.write_str("client closed the connection")
+            }
+            DisconnectReason::Closed { code, reason } => {
+                write!(f, "server closed the connection ({code} {reason:?})")
+            }
+            DisconnectReason::ProtocolError { code, reason } => {
+                write!(f, "protocol error ({code}): {reason}")
+            }
+            DisconnectReason::SlowConsumer => f.write_str("slow consumer"),
+            DisconnectReason::PongTimeout => f.write_str("pong timeout"),
+            DisconnectReason::WriteTimeout => f.write_str("write timeout"),
+            DisconnectReason::CloseTimeout => f.write_str("close handshake timeout"),
+            DisconnectReason::ConnectionLost => f.write_str("connection lost"),
+            DisconnectReason::Shutdown => f.write_str("hub shutdown"),
+        }
+    }
+}
+
+/// Serves one upgraded connection until it ends. Registers the client first and unregisters it
+/// (firing the disconnect hook) however the session ends, panics and cancellation included.
+pub(crate) async fn serve<S>(hub: Hub, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let client = hub.register();
+    let guard = Registration {
+        hub: hub.clone(),
+        client: Arc::clone(&client),
+        reason: None,
+    };
+    let mut session = Session::new(hub, client, io);
+    let reason = std::future::poll_fn(|cx| session.poll_session(cx)).await;
+    let close_timeout = session.hub.config().close_timeout;
+    let mut guard = guard;
+    guard.reason = Some(reason);
+    drop(guard);
+    let _ = tokio::time::timeout(close_timeout, session.io.shutdown()).await;
+}
+
+/// Unregisters the client when dropped.
+struct Registration {
+    hub: Hub,
+    client: Arc<ClientShared>,
+    reason: Option<DisconnectReason>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let reason = self
+            .reason
+            .take()
+            .unwrap_or(DisconnectReason::ConnectionLost);
+        self.hub.unregister(&self.client, &reason);
+    }
+}
+
+struct Session<S> {
+    io: S,
+    hub: Hub,
+    client: Arc<ClientShared>,
+    decoder: Decoder,
+    /// Inbound bytes not yet decoded; empty and unallocated while idle.
+    rbuf: BytesMut,
+    /// Frames taken from the outbox, in send order; the front one may be partly written.
+    inflight: VecDeque<Bytes>,
+    /// Whether the front of `inflight` is partly written.
+    front_partial: bool,
+    /// Bytes were written since the last flush.
+    needs_flush: bool,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
+    next_ping: Instant,
+    last_rx: Instant,
+    /// When the socket last refused to take pending data (cleared on progress).
+    stalled_since: Option<Instant>,
+    /// Still reading (false after EOF, a protocol error, or the client's close frame).
+    reading: bool,
+    /// The client's close frame arrived.
+    peer_closed: bool,
+    /// Our close frame was taken from the outbox (nothing may follow it).
+    close_queued: bool,
+    /// Our close frame was fully written; waiting for the client's until this deadline.
+    close_deadline: Option<Instant>,
+    /// After a protocol error the connection is dropped as soon as the close frame is out.
+    fail_fast: bool,
+    reason: Option<DisconnectReason>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    fn new(hub: Hub, client: Arc<ClientShared>, io: S) -> Self {
+        let now = Instant::now();
+        let config = hub.config();
+        let next_ping = now + config.heartbeat_interval;
+        let decoder = Decoder::new(Role::Server, config.max_message_size);
+        Session {
+            io,
+            decoder,
+            rbuf: BytesMut::new(),
+            inflight: VecDeque::new(),
+            front_partial: false,
+            needs_flush: false,
+            timer: Box::pin(tokio::time::sleep_until(next_ping)),
+            timer_at: next_ping,
+            next_ping,
+            last_rx: now,
+            stalled_since: None,
+            reading: true,
+            peer_closed: false,
+            close_queued: false,
+            close_deadline: None,
+            fail_fast: false,
+            reason: None,
+            hub,
+            client,
+        }
+    }
+
+    fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
+        match self.drive(cx) {
+            Ok(()) => Poll::Pending,
+            Err(reason) => Poll::Ready(self.reason.take().unwrap_or(reason)),
+        }
+    }
+
+    /// Makes all possible progress; `Ok` means everything is waiting on a wakeup, `Err` that
+    /// the session is over.
+    fn drive(&mut self, cx: &mut Context<'_>) -> Result<(), DisconnectReason> {
+        loop {
+            let mut progress = false;
+            if self.reading {
+                progress |= self.read(cx)?;
+            }
+            progress |= self.write(cx)?;
+            if self.close_queued && self.inflight.is_empty() && !self.needs_flush {
+                if self.peer_closed || self.fail_fast {
+                    return Err(self
+                        .reason
+                        .clone()
+                        .unwrap_or(DisconnectReason::ConnectionLost));
+                }
+                if self.close_deadline.is_none() {
+                    self.close_deadline = Some(Instant::now() + self.hub.config().close_timeout);
+                    progress = true;
+                }
+            }
+            progress |= self.timers(cx)?;
+            if !progress {
+                return Ok(());
+            }
+        }
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
+        self.decode_buffered();
+        if !self.reading {
+            return Ok(false);
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+            Poll::Pending => {
+                if self.rbuf.is_empty() && self.decoder.is_idle() {
+                    self.rbuf = BytesMut::new();
+                }
+                Ok(false)
+            }
+            Poll::Ready(Ok(0)) => {
+                self.reading = false;
+                if self.close_deadline.is_some() || self.close_queued {
+                    // We sent our close; EOF is an acceptable end of the handshake.
+                    self.peer_closed = true;
+                    Ok(true)
+                } else {
+                    Err(DisconnectReason::ConnectionLost)
+                }
+            }
+            Poll::Ready(Ok(_)) => {
+                self.last_rx = Instant::now();
+                self.decode_buffered();
+                Ok(true)
+            }
+            Poll::Ready(Err(_)) => Err(DisconnectReason::ConnectionLost),
+        }
+    }
+
+    fn decode_buffered(&mut self) {
+        while self.reading {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => self.on_frame(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    self.hub.count_protocol_error();
+                    self.fail_fast = true;
+                    self.reading = false;
+                    self.client.outbox.request_close(
+                        frame::close_frame(e.code(), e.reason()),
+                        true,
+                        DisconnectReason::ProtocolError {
+                            code: e.code(),
+                            reason: e.reason(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Ping(payload) => self.client.outbox.push_control(frame::pong_frame(&payload)),
+            Frame::Pong(_) => {}
+            Frame::Close(close) => {
+                self.peer_closed = true;
+                self.reading = false;
+                let (code, reason) = match &close {
+                    Some(c) => (
+                        Some(c.code),
+                        String::from_utf8_lossy(&c.reason).into_owned(),
+                    ),
+                    None => (None, String::new()),
+                };
+                // Echo the client's code (an empty close gets an empty close back).
+                let reply = match code {
+                    Some(c) => frame::close_frame(c, ""),
+                    None => frame::encode(frame::OpCode::Close, &[]),
+                };
+                self.client.outbox.request_close(
+                    reply,
+                    true,
+                    DisconnectReason::ClientClosed { code, reason },
+                );
+            }
+            Frame::Text(payload) => self.on_message(payload, false),
+            Frame::Binary(payload) => self.on_message(payload, true),
+        }
+    }
+
+    fn on_message(&mut self, payload: Bytes, binary: bool) {
+        if self.close_queued {
+            return; // closing: data is no longer interpreted
+        }
+        if self.hub.config().raw_messages {
+            self.hub
+                .call_message_hook(&self.client, IncomingMessage::new(payload, binary, None));
+            return;
+        }
+        let request = match parse::parse(&payload) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(&e.to_string()),
+        };
+        let hub = &self.hub;
+        let outcome = match request {
+            Request::Ping => {
+                self.reply(&Message::new("pong"));
+                Ok(())
+            }
+            Request::Subscribe(channel) => hub
+                .subscribe_shared(&self.client, &channel)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Request::Unsubscribe(channel) => hub
+                .unsubscribe_shared(&self.client, &channel)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Request::Publish { channel, data } => self.client_publish(&channel, data),
+            Request::Other(kind) => {
+                if hub.has_message_hook() {
+                    let msg =
+                        IncomingMessage::new(payload.clone(), binary, Some(kind.into_owned()));
+                    hub.call_message_hook(&self.client, msg);
+                    Ok(())
+                } else {
+                    Err(format!("unsupported message type {:?}", &*kind))
+                }
+            }
+        };
+        if let Err(reason) = outcome {
+            self.reply_error(&reason);
+        }
+    }
+
+    fn client_publish(
+        &self,
+        channel: &str,
+        data: Option<&serde_json::value::RawValue>,
+    ) -> Result<(), String> {
+        if !self.hub.config().client_may_publish(channel) {
+            return Err(format!("publishing to channel {channel:?} is not allowed"));
+        }
+        let mut message = Message::new("event");
+        if let Some(data) = data {
+            message = message.with_data(Json::parse(data.get()).map_err(|e| e.to_string())?);
+        }
+        self.hub
+            .publish_local(channel, &message)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn reply(&self, message: &Message) {
+        let _ = self
+            .client
+            .outbox
+            .push_data(message.encode_frame(None, SystemTime::now()));
+    }
+
+    fn reply_error(&self, reason: &str) {
+        self.reply(&Message::error(reason));
+    }
+
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
+        let mut progress = false;
+        loop {
+            if self.inflight.is_empty() {
+                if self.needs_flush {
+                    match Pin::new(&mut self.io).poll_flush(cx) {
+                        Poll::Pending => return Ok(progress),
+                        Poll::Ready(Err(_)) => return Err(DisconnectReason::ConnectionLost),
+                        Poll::Ready(Ok(())) => self.needs_flush = false,
+                    }
+                }
+                if self.close_queued {
+                    return Ok(progress);
+                }
+                if !self.take(cx, false)? {
+                    return Ok(progress);
+                }
+                progress = true;
+                continue;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.inflight.len().min(MAX_IOV);
+            for (slot, f) in slices.iter_mut().zip(self.inflight.iter()) {
+                *slot = IoSlice::new(f);
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => {
+                    self.stalled_since.get_or_insert_with(Instant::now);
+                    // While the socket is full, still honour an abort or an abandoning close
+                    // (and move control frames up), so they do not wait for the socket.
+                    if !self.close_queued {
+                        self.take(cx, true)?;
+                    }
+                    return Ok(progress);
+                }
+                Poll::Ready(Ok(0) | Err(_)) => return Err(DisconnectReason::ConnectionLost),
+                Poll::Ready(Ok(written)) => {
+                    progress = true;
+                    self.needs_flush = true;
+                    self.stalled_since = None;
+                    self.consume(written);
+                }
+            }
+        }
+    }
+
+    /// Takes pending frames from the outbox; `Ok(true)` when something was taken.
+    fn take(&mut self, cx: &mut Context<'_>, urgent_only: bool) -> Result<bool, DisconnectReason> {
+        let outbox = &self.client.outbox;
+        match outbox.take(
+            &mut self.inflight,
+            self.front_partial,
+            cx.waker(),
+            urgent_only,
+        ) {
+            Take::Idle => Ok(false),
+            Take::Frames => Ok(true),
+            Take::Close(reason) => {
+                self.close_queued = true;
+                self.reason.get_or_insert(reason);
+                Ok(true)
+            }
+            Take::Abort(reason) => Err(reason),
+        }
+    }
+
+    /// Drops fully written frames from the front of `inflight` and advances a partial one.
+    fn consume(&mut self, written: usize) {
+        let mut left = written;
+        let mut frames = 0;
+        self.front_partial = false;
+        while left > 0 {
+            let Some(front) = self.inflight.front_mut() else {
+                break;
+            };
+            if left >= front.len() {
+                left -= front.len();
+                frames += 1;
+                self.inflight.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+                self.front_partial = true;
+            }
+        }
+        self.client.outbox.written(written, frames);
+    }
+
+    fn timers(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
+        let config = self.hub.config();
+        let now = Instant::now();
+        let pong_deadline = self.last_rx + config.pong_timeout;
+        if now >= pong_deadline {
+            return Err(DisconnectReason::PongTimeout);
+        }
+        let write_deadline = self.stalled_since.map(|s| s + config.write_timeout);
+        if write_deadline.is_some_and(|d| now >= d) {
+            return Err(DisconnectReason::WriteTimeout);
+        }
+        if self.close_deadline.is_some_and(|d| now >= d) {
+            return Err(DisconnectReason::CloseTimeout);
+        }
+        let mut progress = false;
+        if !self.close_queued && now >= self.next_ping {
+            self.client.outbox.push_control(frame::ping_frame(b""));
+            self.next_ping = now + config.heartbeat_interval;
+            progress = true;
+        }
+        let mut next = pong_deadline.min(self.next_ping);
+        for d in [write_deadline, self.close_deadline].into_iter().flatten() {
+            next = next.min(d);
+        }
+        if next != self.timer_at {
+            self.timer.as_mut().reset(next);
+            self.timer_at = next;
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            progress = true;
+        }
+        Ok(progress)
+    }
+}

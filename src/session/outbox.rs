@@ -1,0 +1,478 @@
+//! A client's outbound queue: bounded in bytes and frames, with a priority lane for control
+//! frames and an explicit slow-consumer policy.
+//!
+//! Publishers push shared frames (`Bytes` handles: a reference count, never a copy) and never
+//! wait; the client's session takes everything pending in one go and writes it with one
+//! vectored write.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::config::SlowConsumerPolicy;
+use crate::frame::{self, close_code};
+use crate::message::Message;
+use crate::session::DisconnectReason;
+
+/// Outcome of queueing one data frame for one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueue {
+    /// Queued; the client's writer will send it.
+    Queued,
+    /// Not queued: the queue is full and the policy is `Drop`.
+    Dropped,
+    /// Not queued: the queue is full and the policy is `Disconnect`; this push started the
+    /// disconnect.
+    SlowConsumer,
+    /// Not queued: the client is closing or closed.
+    Closed,
+}
+
+/// What the writer took from the outbox.
+#[derive(Debug)]
+pub(crate) enum Take {
+    /// Nothing pending; the waker was registered.
+    Idle,
+    /// Frames were appended to the writer's queue.
+    Frames,
+    /// The close frame was appended (after everything else, or after abandoning queued data);
+    /// nothing more will ever be taken.
+    Close(DisconnectReason),
+    /// Stop at once without a close frame (forced shutdown).
+    Abort(DisconnectReason),
+}
+
+struct CloseRequest {
+    frame: Bytes,
+    abandon: bool,
+    reason: DisconnectReason,
+}
+
+enum Phase {
+    Open,
+    /// A close was requested and not yet taken by the writer.
+    Closing(CloseRequest),
+    /// The writer took the close frame.
+    CloseTaken,
+    /// Forced stop requested.
+    Aborting(DisconnectReason),
+    /// The session ended; nothing is accepted any more.
+    Closed,
+}
+
+struct State {
+    /// Data frames not yet taken by the writer.
+    data: VecDeque<Bytes>,
+    /// Control frames (ping, pong) not yet taken; sent before queued data.
+    control: VecDeque<Bytes>,
+    /// Bytes queued here or taken by the writer and not yet written (control frames included).
+    bytes: usize,
+    /// Frames counted the same way as `bytes`.
+    frames: usize,
+    /// Messages dropped (policy `Drop`) since the last "dropped N messages" notice.
+    pending_drops: u64,
+    /// Messages dropped over the client's lifetime.
+    dropped_total: u64,
+    phase: Phase,
+    /// The session's waker, registered when it found nothing to write.
+    waker: Option<Waker>,
+}
+
+/// The queue between publishers and one client's writer.
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    max_bytes: usize,
+    max_frames: usize,
+    policy: SlowConsumerPolicy,
+}
+
+impl Outbox {
+    pub(crate) fn new(max_bytes: usize, max_frames: usize, policy: SlowConsumerPolicy) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                data: VecDeque::new(),
+                control: VecDeque::new(),
+                bytes: 0,
+                frames: 0,
+                pending_drops: 0,
+                dropped_total: 0,
+                phase: Phase::Open,
+                waker: None,
+            }),
+            max_bytes,
+            max_frames,
+            policy,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock with the state half-updated.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fits(&self, st: &State, len: usize, frames: usize) -> bool {
+        st.bytes + len <= self.max_bytes && st.frames + frames <= self.max_frames
+    }
+
+    /// Queues a data frame; never blocks, never waits for the client.
+    pub(crate) fn push_data(&self, frame: Bytes) -> Enqueue {
+        let mut st = self.lock();
+        if !matches!(st.phase, Phase::Open) {
+            return Enqueue::Closed;
+        }
+        let mut notice = None;
+        if st.pending_drops > 0 {
+            let n = drop_notice(st.pending_drops);
+            if self.fits(&st, n.len() + frame.len(), 2) {
+                notice = Some(n);
+            }
+        }
+        if st.pending_drops > 0 && notice.is_none() || !self.fits(&st, frame.len(), 1) {
+            return self.overflow(st);
+        }
+        if let Some(n) = notice {
+            st.pending_drops = 0;
+            st.bytes += n.len();
+            st.frames += 1;
+            st.data.push_back(n);
+        }
+        st.bytes += frame.len();
+        st.frames += 1;
+        st.data.push_back(frame);
+        wake(st);
+        Enqueue::Queued
+    }
+
+    fn overflow(&self, mut st: MutexGuard<'_, State>) -> Enqueue {
+        match self.policy {
+            SlowConsumerPolicy::Drop => {
+                st.pending_drops += 1;
+                st.dropped_total += 1;
+                Enqueue::Dropped
+            }
+            SlowConsumerPolicy::Disconnect => {
+                st.phase = Phase::Closing(CloseRequest {
+                    frame: frame::close_frame(close_code::POLICY, "slow consumer"),
+                    abandon: true,
+                    reason: DisconnectReason::SlowConsumer,
+                });
+                abandon_data(&mut st);
+                wake(st);
+                Enqueue::SlowConsumer
+            }
+        }
+    }
+
+    /// Queues a control frame on the priority lane. Never refused by data backpressure; at
+    /// most one pong is kept pending (a newer one replaces it, as RFC 6455 allows).
+    pub(crate) fn push_control(&self, frame: Bytes) {
+        let mut st = self.lock();
+        if !matches!(st.phase, Phase::Open | Phase::Closing(_)) {
+            return;
+        }
+        if frame.first() == Some(&0x8A) {
+            if let Some(i) = st.control.iter().position(|f| f.first() == Some(&0x8A)) {
+                let old = std::mem::replace(&mut st.control[i], frame.clone());
+                st.bytes = st.bytes - old.len() + frame.len();
+                return;
+            }
+        }
+        st.bytes += frame.len();
+        st.frames += 1;
+        st.control.push_back(frame);
+        wake(st);
+    }
+
+    /// Asks the writer to send `close` and end the connection. With `abandon`, queued data is
+    /// discarded; otherwise the close frame follows everything already queued. The first
+    /// request wins, except that an abandoning request overrides a graceful one still pending.
+    pub(crate) fn request_close(&self, close: Bytes, abandon: bool, reason: DisconnectReason) {
+        let mut st = self.lock();
+        match &st.phase {
+            Phase::Open => {}
+            Phase::Closing(req) if abandon && !req.abandon => {}
+            _ => return,
+        }
+        if abandon {
+            abandon_data(&mut st);
+        }
+        st.phase = Phase::Closing(CloseRequest {
+            frame: close,
+            abandon,
+            reason,
+        });
+        wake(st);
+    }
+
+    /// Asks the writer to stop at once, without a close frame.
+    pub(crate) fn abort(&self, reason: DisconnectReason) {
+        let mut st = self.lock();
+        if matches!(st.phase, Phase::Closed) {
+            return;
+        }
+        abandon_data(&mut st);
+        st.phase = Phase::Aborting(reason);
+        wake(st);
+    }
+
+    /// The session ended: drop everything and refuse all further frames.
+    pub(crate) fn close(&self) {
+        let mut st = self.lock();
+        st.phase = Phase::Closed;
+        st.data = VecDeque::new();
+        st.control = VecDeque::new();
+        st.waker = None;
+    }
+
+    /// Moves pending frames into the writer's queue `out`. Control frames go right after the
+    /// frame currently being written (`keep_front`: its first bytes are already on the wire),
+    /// data frames at the back. Registers `waker` when there is nothing to take.
+    ///
+    /// With `urgent_only` (the socket is full), only control frames, an abort and an
+    /// abandoning close are taken, and the waker is always registered.
+    pub(crate) fn take(
+        &self,
+        out: &mut VecDeque<Bytes>,
+        keep_front: bool,
+        waker: &Waker,
+        urgent_only: bool,
+    ) -> Take {
+        let mut st = self.lock();
+        if urgent_only {
+            register(&mut st.waker, waker);
+            if let Phase::Closing(req) = &st.phase {
+                if !req.abandon {
+                    return Take::Idle;
+                }
+            }
+        }
+        let mut at = usize::from(keep_front && !out.is_empty());
+        while let Some(c) = st.control.pop_front() {
+            out.insert(at, c);
+            at += 1;
+        }
+        match std::mem::replace(&mut st.phase, Phase::Open) {
+            Phase::Open if urgent_only => {
+                if at > 0 {
+                    Take::Frames
+                } else {
+                    Take::Idle
+                }
+            }
+            Phase::Open => {
+                if st.pending_drops > 0 {
+                    let n = drop_notice(st.pending_drops);
+                    if self.fits(&st, n.len(), 1) {
+                        st.pending_drops = 0;
+                        st.bytes += n.len();
+                        st.frames += 1;
+                        st.data.push_back(n);
+                    }
+                }
+                let taken = at > 0 || !st.data.is_empty();
+                out.extend(st.data.drain(..));
+                if taken {
+                    Take::Frames
+                } else {
+                    register(&mut st.waker, waker);
+                    Take::Idle
+                }
+            }
+            Phase::Closing(req) => {
+                if req.abandon {
+                    // Keep the frame being written (its header is on the wire) and the control
+                    // frames just inserted; forget the rest.
+                    let (mut bytes, mut frames) = (0, 0);
+                    for f in out.drain(at..) {
+                        bytes += f.len();
+                        frames += 1;
+                    }
+                    st.bytes -= bytes;
+                    st.frames -= frames;
+                } else {
+                    out.extend(st.data.drain(..));
+                }
+                st.bytes += req.frame.len();
+                st.frames += 1;
+                out.push_back(req.frame);
+                st.phase = Phase::CloseTaken;
+                Take::Close(req.reason)
+            }
+            Phase::Aborting(reason) => {
+                st.phase = Phase::Closed;
+                Take::Abort(reason)
+            }
+            other @ (Phase::CloseTaken | Phase::Closed) => {
+                st.phase = other;
+                Take::Idle
+            }
+        }
+    }
+
+    /// The writer wrote `bytes` bytes, completing `frames` frames.
+    pub(crate) fn written(&self, bytes: usize, frames: usize) {
+        let mut st = self.lock();
+        st.bytes = st.bytes.saturating_sub(bytes);
+        st.frames = st.frames.saturating_sub(frames);
+    }
+
+    /// Whether data is still accepted.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.lock().phase, Phase::Open)
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Messages dropped over the client's lifetime.
+    pub(crate) fn dropped_total(&self) -> u64 {
+        self.lock().dropped_total
+    }
+}
+
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) if w.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
+}
+
+fn abandon_data(st: &mut State) {
+    let bytes: usize = st.data.iter().map(Bytes::len).sum();
+    st.bytes -= bytes;
+    st.frames -= st.data.len();
+    st.data = VecDeque::new();
+}
+
+/// Wakes the session (if it is waiting) after releasing the lock.
+fn wake(mut st: MutexGuard<'_, State>) {
+    let waker = st.waker.take();
+    drop(st);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+fn drop_notice(n: u64) -> Bytes {
+    Message::error(&format!("dropped {n} messages")).encode_frame(None, SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Flag(std::sync::atomic::AtomicUsize);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn waker() -> (Arc<Flag>, Waker) {
+        let f = Arc::new(Flag(0.into()));
+        (f.clone(), Waker::from(f))
+    }
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![0x81; n])
+    }
+
+    #[test]
+    fn disconnect_policy_abandons_data_and_queues_1008() {
+        let ob = Outbox::new(1000, 100, SlowConsumerPolicy::Disconnect);
+        assert_eq!(ob.push_data(frame(600)), Enqueue::Queued);
+        assert_eq!(ob.push_data(frame(600)), Enqueue::SlowConsumer);
+        assert_eq!(ob.push_data(frame(1)), Enqueue::Closed);
+        assert_eq!(ob.queued_bytes(), 0);
+        let (_, w) = waker();
+        let mut out = VecDeque::new();
+        assert!(matches!(
+            ob.take(&mut out, false, &w, false),
+            Take::Close(DisconnectReason::SlowConsumer)
+        ));
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][..4], &[0x88, 15, 0x03, 0xF0]); // close 1008 "slow consumer"
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Idle));
+    }
+
+    #[test]
+    fn drop_policy_counts_and_notifies_once_there_is_room() {
+        let ob = Outbox::new(1000, 100, SlowConsumerPolicy::Drop);
+        assert_eq!(ob.push_data(frame(800)), Enqueue::Queued);
+        assert_eq!(ob.push_data(frame(300)), Enqueue::Dropped);
+        assert_eq!(ob.push_data(frame(300)), Enqueue::Dropped);
+        assert_eq!(ob.dropped_total(), 2);
+        // A message that fits together with the notice is preceded by it.
+        assert_eq!(ob.push_data(frame(10)), Enqueue::Queued);
+        let (_, w) = waker();
+        let mut out = VecDeque::new();
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0], frame(800));
+        let notice = std::str::from_utf8(&out[1][2..]).unwrap();
+        assert!(notice.starts_with(r#"{"type":"error","data":"dropped 2 messages","timestamp":""#));
+        assert_eq!(out[2], frame(10));
+        ob.written(out.iter().map(Bytes::len).sum(), 3);
+        assert_eq!(ob.queued_bytes(), 0);
+        // Without a further message, the writer queues the notice as soon as it fits.
+        out.clear();
+        assert_eq!(ob.push_data(frame(990)), Enqueue::Queued);
+        assert_eq!(ob.push_data(frame(20)), Enqueue::Dropped);
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        assert_eq!(out.len(), 1, "no room for the notice yet");
+        ob.written(990, 1);
+        out.clear();
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        let notice = std::str::from_utf8(&out[0][2..]).unwrap();
+        assert!(
+            notice.starts_with(r#"{"type":"error","data":"dropped 1 messages""#),
+            "{notice}"
+        );
+    }
+
+    #[test]
+    fn control_frames_bypass_bounds_jump_the_queue_and_pongs_coalesce() {
+        let ob = Outbox::new(300, 2, SlowConsumerPolicy::Drop);
+        assert_eq!(ob.push_data(frame(250)), Enqueue::Queued);
+        ob.push_control(frame::pong_frame(b"a"));
+        ob.push_control(frame::pong_frame(b"b"));
+        ob.push_control(frame::ping_frame(b""));
+        let (_, w) = waker();
+        let mut out = VecDeque::from([frame(5)]);
+        assert!(matches!(ob.take(&mut out, true, &w, false), Take::Frames));
+        assert_eq!(out[0], frame(5));
+        assert_eq!(out[1], frame::pong_frame(b"b"));
+        assert_eq!(out[2], frame::ping_frame(b""));
+        assert_eq!(out[3], frame(250));
+    }
+
+    #[test]
+    fn graceful_close_follows_queued_data_and_wakes_the_writer() {
+        let ob = Outbox::new(1000, 100, SlowConsumerPolicy::Disconnect);
+        let (flag, w) = waker();
+        let mut out = VecDeque::new();
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Idle));
+        ob.push_data(frame(3));
+        assert_eq!(flag.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        ob.request_close(
+            frame::close_frame(1001, "going away"),
+            false,
+            DisconnectReason::Shutdown,
+        );
+        assert!(matches!(
+            ob.take(&mut out, false, &w, false),
+            Take::Close(DisconnectReason::Shutdown)
+        ));
+        assert_eq!(out[0], frame(3));
+        assert_eq!(out[1], frame::close_frame(1001, "going away"));
+        assert_eq!(ob.push_data(frame(1)), Enqueue::Closed);
+    }
+}
