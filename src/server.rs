@@ -190,6 +190,7 @@ async fn serve_http(
         async move { Ok::<_, Infallible>(route(req, &hub, &config).await) }
     });
     let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .serve_connection(io, service)
         .with_upgrades();
