@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -245,7 +245,13 @@ fn authorize(req: &Request<Incoming>, config: &ServerConfig) -> Option<Response<
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme name is case-insensitive (RFC 7235 §2.1): `bearer KEY` is valid too.
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("Bearer")
+                .then(|| token.trim_start_matches(' '))
+        })
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         return None;
@@ -353,16 +359,27 @@ fn api_stats(hub: &Hub) -> Response<Body> {
         .map(|(name, n)| (name.as_str().to_owned(), n.into()))
         .collect();
     let stats = hub.stats();
-    let body = serde_json::json!({
-        "clients": stats.clients,
-        "channels": stats.channels,
-        "subscribers": subscribers,
-        "counters": hub.counters(),
-    });
+    // A struct, not `json!`: `json!` sorts keys, and the documented (go-ws `Stats`) order is
+    // `clients` then `channels`.
+    let body = StatsBody {
+        clients: stats.clients,
+        channels: stats.channels,
+        subscribers,
+        counters: hub.counters(),
+    };
     json(
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// The `/api/stats` body, fields in wire order.
+#[derive(Serialize)]
+struct StatsBody {
+    clients: usize,
+    channels: usize,
+    subscribers: serde_json::Map<String, serde_json::Value>,
+    counters: crate::hub::Counters,
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {

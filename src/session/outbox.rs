@@ -249,7 +249,27 @@ impl Outbox {
                 }
             }
         }
-        let mut at = usize::from(keep_front && !out.is_empty());
+        let first = usize::from(keep_front && !out.is_empty());
+        if st.control.iter().any(is_pong) {
+            // Pongs still waiting in `out` (taken while the socket was full) are superseded by
+            // the newer ones: RFC 6455 §5.5.3 lets an endpoint answer only the most recent
+            // pings. Without this, a client that floods pings and never reads piles up pongs
+            // in `out` without bound, as every urgent take empties `control` for the next
+            // ones. Unwritten pings and pongs sit right after the partly written front, so
+            // the scan stops at the first other frame.
+            let mut i = first;
+            while i < out.len() && is_ping_or_pong(&out[i]) {
+                if is_pong(&out[i]) {
+                    if let Some(old) = out.remove(i) {
+                        st.bytes -= old.len();
+                        st.frames -= 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let mut at = first;
         while let Some(c) = st.control.pop_front() {
             out.insert(at, c);
             at += 1;
@@ -333,6 +353,16 @@ impl Outbox {
     pub(crate) fn dropped_total(&self) -> u64 {
         self.lock().dropped_total
     }
+}
+
+/// Whether `frame` (a whole frame, not a partly written one) is a pong.
+fn is_pong(frame: &Bytes) -> bool {
+    frame.first() == Some(&0x8A)
+}
+
+/// Whether `frame` (a whole frame) is a ping or a pong.
+fn is_ping_or_pong(frame: &Bytes) -> bool {
+    matches!(frame.first(), Some(0x89 | 0x8A))
 }
 
 fn register(slot: &mut Option<Waker>, waker: &Waker) {
