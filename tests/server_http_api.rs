@@ -1,0 +1,351 @@
+//! The `wshub` server's HTTP API end to end: publish, broadcast, stats, health, errors, auth.
+
+mod support;
+
+use support::*;
+use wshub::server::ServerConfig;
+use wshub::Hub;
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+#[tokio::test]
+async fn publish_delivers_to_subscribers_and_answers_with_the_report() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    let mut outsider = server.connect().await;
+    subscribe(&mut a, "news").await;
+    subscribe(&mut b, "news").await;
+    sync(&mut outsider).await;
+
+    let resp = http_full(
+        server.addr,
+        "POST",
+        "/api/publish",
+        &[JSON],
+        br#"{"channel":"news","data":{"headline":"hi"}}"#,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    assert_eq!(resp.body, r#"{"enqueued":2,"dropped":0,"disconnected":0}"#);
+    for ws in [&mut a, &mut b] {
+        // `type` defaults to `event`.
+        assert_eq!(
+            mask_timestamp(&recv(ws).await),
+            r#"{"type":"event","channel":"news","data":{"headline":"hi"},"timestamp":"TS"}"#
+        );
+    }
+    sync(&mut outsider).await;
+
+    // Explicit type and process id; no subscribers is a 200 with an empty report.
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        &[JSON],
+        br#"{"channel":"empty","type":"custom","processId":"p","data":1}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"enqueued":0,"dropped":0,"disconnected":0}"#)
+    );
+    drop((a, b, outsider));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_client() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    subscribe(&mut a, "news").await;
+    sync(&mut b).await;
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/api/broadcast",
+        &[JSON],
+        br#"{"type":"announcement","data":"maintenance at 5"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"enqueued":2,"dropped":0,"disconnected":0}"#)
+    );
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            mask_timestamp(&recv(ws).await),
+            r#"{"type":"announcement","data":"maintenance at 5","timestamp":"TS"}"#
+        );
+    }
+    // Without data and type: an `event` with no data field.
+    let (status, _) = http(server.addr, "POST", "/api/broadcast", &[JSON], b"{}").await;
+    assert_eq!(status, 200);
+    for ws in [&mut a, &mut b] {
+        assert_eq!(
+            mask_timestamp(&recv(ws).await),
+            r#"{"type":"event","timestamp":"TS"}"#
+        );
+    }
+    drop((a, b));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn stats_and_health() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    subscribe(&mut a, "news").await;
+    subscribe(&mut b, "news").await;
+    subscribe(&mut b, "process:p1").await;
+    let resp = http_full(server.addr, "GET", "/api/stats", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    let v = resp.json();
+    assert_eq!(v["clients"], 2);
+    assert_eq!(v["channels"], 2);
+    assert_eq!(
+        v["subscribers"],
+        serde_json::json!({"news": 2, "process:p1": 1})
+    );
+    assert_eq!(v["counters"]["connections"], 2);
+    assert_eq!(v["counters"]["hook_panics"], 0);
+    // go-ws field order first.
+    assert!(
+        resp.body.starts_with(r#"{"clients":2,"channels":2,"#),
+        "{}",
+        resp.body
+    );
+
+    let (status, body) = http(server.addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    drop((a, b));
+    eventually("clients gone", || server.hub.client_count() == 0).await;
+    let v = http_full(server.addr, "GET", "/api/stats", &[], b"")
+        .await
+        .json();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "clients": 0,
+            "channels": 0,
+            "subscribers": {},
+            "counters": v["counters"].clone(),
+        })
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_400_with_a_json_reason() {
+    let server = TestServer::start(Hub::new()).await;
+    let cases: [(&str, &[u8], &str); 8] = [
+        ("/api/publish", b"not json", "invalid JSON body"),
+        ("/api/publish", b"", "invalid JSON body"),
+        (
+            "/api/publish",
+            br#"{"channel":"news","data":}"#,
+            "invalid JSON body",
+        ),
+        ("/api/publish", br#"{"channel":1}"#, "invalid JSON body"),
+        (
+            "/api/publish",
+            br#"{"data":"x"}"#,
+            r#"missing field "channel""#,
+        ),
+        (
+            "/api/publish",
+            br#"{"channel":"a b","data":1}"#,
+            "invalid channel name",
+        ),
+        (
+            "/api/publish",
+            br#"{"channel":"","data":1}"#,
+            "invalid channel name",
+        ),
+        ("/api/broadcast", b"[1]", "invalid JSON body"),
+    ];
+    for (path, body, reason) in cases {
+        let resp = http_full(server.addr, "POST", path, &[JSON], body).await;
+        assert_eq!(
+            resp.status,
+            400,
+            "{path} {:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(resp.header("content-type"), Some("application/json"));
+        let error = resp.json()["error"].as_str().unwrap().to_owned();
+        assert!(
+            error.starts_with(reason),
+            "{error:?} should start with {reason:?}"
+        );
+    }
+    assert_eq!(server.hub.counters().published, 0, "nothing was published");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_key_guards_the_api_only() {
+    let config = ServerConfig::default().api_key(Some("s3cret".to_owned()));
+    let server = TestServer::start_with(Hub::new(), config).await;
+    let mut ws = server.connect().await;
+    subscribe(&mut ws, "news").await;
+    let body = br#"{"channel":"news","data":"x"}"#;
+    for headers in [
+        &[][..],
+        &[("Authorization", "Bearer wrong")][..],
+        &[("Authorization", "Bearer s3cre")][..],
+        &[("Authorization", "Bearer s3cret2")][..],
+        &[("Authorization", "s3cret")][..],
+        &[("Authorization", "Basic s3cret")][..],
+    ] {
+        for (method, path) in [
+            ("POST", "/api/publish"),
+            ("POST", "/api/broadcast"),
+            ("GET", "/api/stats"),
+        ] {
+            let resp = http_full(server.addr, method, path, headers, body).await;
+            assert_eq!(resp.status, 401, "{method} {path} {headers:?}");
+            assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+            assert_eq!(resp.body, r#"{"error":"missing or invalid API key"}"#);
+        }
+    }
+    // Nothing got through.
+    sync(&mut ws).await;
+    let auth = [("Authorization", "Bearer s3cret"), JSON];
+    let (status, _) = http(server.addr, "POST", "/api/publish", &auth, body).await;
+    assert_eq!(status, 200);
+    assert!(recv(&mut ws).await.contains(r#""data":"x""#));
+    let (status, _) = http(server.addr, "GET", "/api/stats", &auth, b"").await;
+    assert_eq!(status, 200);
+    // The scheme name is case-insensitive (RFC 7235).
+    let auth = [("Authorization", "bearer s3cret"), JSON];
+    let (status, _) = http(server.addr, "POST", "/api/publish", &auth, body).await;
+    assert_eq!(status, 200);
+    assert!(recv(&mut ws).await.contains(r#""data":"x""#));
+    // Health and the WebSocket endpoint need no key.
+    let (status, _) = http(server.addr, "GET", "/healthz", &[], b"").await;
+    assert_eq!(status, 200);
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let config = ServerConfig::default().max_body_size(64);
+    let server = TestServer::start_with(Hub::new(), config).await;
+    let mut ws = server.connect().await;
+    subscribe(&mut ws, "news").await;
+    let big = format!(r#"{{"channel":"news","data":"{}"}}"#, "x".repeat(100));
+    let resp = http_full(server.addr, "POST", "/api/publish", &[JSON], big.as_bytes()).await;
+    assert_eq!(resp.status, 413);
+    assert_eq!(resp.json()["error"], "body larger than 64 bytes");
+    // Without a Content-Length (chunked), the limit applies while reading.
+    let chunk = big.as_bytes();
+    let mut req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        chunk.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(chunk);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    let resp = http_raw(server.addr, &req).await;
+    assert_eq!(resp.status, 413, "{}", resp.body);
+    // Exactly at the limit is fine.
+    let ok = br#"{"channel":"news","data":"0123456789012345678901234567"}"#;
+    let ok = &ok[..];
+    let padded: Vec<u8> = {
+        let mut v = ok.to_vec();
+        v.resize(64, b' ');
+        v
+    };
+    let (status, body) = http(server.addr, "POST", "/api/publish", &[JSON], &padded).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(recv(&mut ws).await.contains("0123456789012345678901234567"));
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let server = TestServer::start(Hub::new()).await;
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/nope"),
+        ("POST", "/api/nope"),
+        ("GET", "/ws/x"),
+    ] {
+        let resp = http_full(server.addr, method, path, &[], b"").await;
+        assert_eq!(resp.status, 404, "{method} {path}");
+        assert_eq!(resp.body, r#"{"error":"not found"}"#);
+    }
+    for (method, path, allow) in [
+        ("GET", "/api/publish", "POST"),
+        ("PUT", "/api/broadcast", "POST"),
+        ("POST", "/api/stats", "GET"),
+        ("POST", "/healthz", "GET"),
+        ("POST", "/ws", "GET"),
+    ] {
+        let resp = http_full(server.addr, method, path, &[], b"").await;
+        assert_eq!(resp.status, 405, "{method} {path}");
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+        assert_eq!(resp.body, r#"{"error":"method not allowed"}"#);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn non_upgrade_requests_to_ws_are_400() {
+    let server = TestServer::start(Hub::new()).await;
+    let resp = http_full(server.addr, "GET", "/ws", &[], b"").await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.body.contains("WebSocket upgrade"), "{}", resp.body);
+    // An upgrade with the wrong version or no key is refused too.
+    for headers in [
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "8"),
+        ][..],
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+        ][..],
+    ] {
+        let resp = http_full(server.addr, "GET", "/ws", headers, b"").await;
+        assert_eq!(resp.status, 400, "{headers:?}: {}", resp.body);
+    }
+    assert_eq!(server.hub.client_count(), 0);
+    assert_eq!(server.hub.counters().connections, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn go_ws_process_output_through_the_api_is_byte_identical() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut ws = server.connect().await;
+    // go-ws clients subscribe with the channel in `data`.
+    send(&mut ws, r#"{"type":"subscribe","data":"process:p1"}"#).await;
+    sync(&mut ws).await;
+    let (status, _) = http(
+        server.addr,
+        "POST",
+        "/api/publish",
+        &[JSON],
+        br#"{"channel":"process:p1","type":"process_output","processId":"p1","data":"line"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        mask_timestamp(&recv(&mut ws).await),
+        r#"{"type":"process_output","channel":"process:p1","processId":"p1","data":"line","timestamp":"TS"}"#
+    );
+    drop(ws);
+    server.stop().await;
+}
