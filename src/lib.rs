@@ -15,30 +15,32 @@
 //! use hyper_util::rt::TokioIo;
 //! use wshub::{Hub, Json, Message};
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let hub = Hub::new();
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let hub = Hub::new();
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //!
-//! // Publish from anywhere in the application.
-//! let publisher = hub.clone();
-//! tokio::spawn(async move {
-//!     let msg = Message::new("event").with_data(Json::string("hello"));
-//!     let report = publisher.publish("news", &msg).await.unwrap();
-//!     println!("queued for {} clients", report.enqueued);
-//! });
-//!
-//! loop {
-//!     let (tcp, _) = listener.accept().await?;
-//!     let hub = hub.clone();
+//!     // Publish from anywhere in the application; it never waits for a client.
+//!     let publisher = hub.clone();
 //!     tokio::spawn(async move {
-//!         let service = service_fn(move |mut req: Request<Incoming>| {
-//!             let hub = hub.clone();
-//!             async move { Ok::<_, Infallible>(hub.upgrade(&mut req)) }
-//!         });
-//!         let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).with_upgrades().await;
+//!         let msg = Message::new("event").with_data(Json::string("hello"));
+//!         let report = publisher.publish("news", &msg).await.unwrap();
+//!         eprintln!("queued for {} clients", report.enqueued);
 //!     });
+//!
+//!     loop {
+//!         let (tcp, _) = listener.accept().await?;
+//!         let hub = hub.clone();
+//!         tokio::spawn(async move {
+//!             let service = service_fn(move |mut req: Request<Incoming>| {
+//!                 let hub = hub.clone();
+//!                 async move { Ok::<_, Infallible>(hub.upgrade(&mut req)) }
+//!             });
+//!             let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+//!             let _ = conn.with_upgrades().await;
+//!         });
+//!     }
 //! }
-//! # }
 //! ```
 //!
 //! # Feature flags
@@ -66,6 +68,8 @@ mod error;
 pub mod frame;
 mod http;
 mod hub;
+#[doc(hidden)]
+pub mod internals;
 mod message;
 #[cfg(feature = "server")]
 #[cfg_attr(docsrs, doc(cfg(feature = "server")))]
@@ -85,10 +89,3 @@ pub use message::channel::ChannelName;
 pub use message::json::{JsonError, JsonErrorKind};
 pub use message::{Json, Message};
 pub use session::DisconnectReason;
-
-/// Internals exposed for the fuzz targets and benchmarks; not a stable API.
-#[doc(hidden)]
-pub mod internals {
-    pub use crate::message::json::{canonicalize, write_string, write_timestamp};
-    pub use crate::message::parse::{parse as parse_request, ParseError, Request};
-}

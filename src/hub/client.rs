@@ -85,6 +85,10 @@ impl Client {
         &self.shared
     }
 
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     /// The client's id, unique within its hub.
     pub fn id(&self) -> u64 {
         self.shared.id

@@ -69,8 +69,6 @@ pub enum DisconnectReason {
     PongTimeout,
     /// The client's socket accepted no data within the write timeout.
     WriteTimeout,
-    /// The client did not answer the server's close frame within the close timeout.
-    CloseTimeout,
     /// The connection was lost without a close frame (EOF or I/O error).
     ConnectionLost,
     /// The hub shut down; the client got close code 1001 "going away".
@@ -98,7 +96,6 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::SlowConsumer => f.write_str("slow consumer"),
             DisconnectReason::PongTimeout => f.write_str("pong timeout"),
             DisconnectReason::WriteTimeout => f.write_str("write timeout"),
-            DisconnectReason::CloseTimeout => f.write_str("close handshake timeout"),
             DisconnectReason::ConnectionLost => f.write_str("connection lost"),
             DisconnectReason::Shutdown => f.write_str("hub shutdown"),
         }
@@ -282,9 +279,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.hub.count_protocol_error();
                     self.fail_fast = true;
                     self.reading = false;
+                    // Graceful: replies to the messages that arrived before the violation
+                    // still go out, then the close frame (Autobahn 3.2, 4.1.3, 5.15).
                     self.client.outbox.request_close(
                         frame::close_frame(e.code(), e.reason()),
-                        true,
+                        false,
                         DisconnectReason::ProtocolError {
                             code: e.code(),
                             reason: e.reason(),
@@ -314,9 +313,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Some(c) => frame::close_frame(c, ""),
                     None => frame::encode(frame::OpCode::Close, &[]),
                 };
+                // What is already queued (bounded, and bounded in time by the write timeout)
+                // goes out before the close reply.
                 self.client.outbox.request_close(
                     reply,
-                    true,
+                    false,
                     DisconnectReason::ClientClosed { code, reason },
                 );
             }
@@ -498,7 +499,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(DisconnectReason::WriteTimeout);
         }
         if self.close_deadline.is_some_and(|d| now >= d) {
-            return Err(DisconnectReason::CloseTimeout);
+            // The client did not answer our close: the connection ends for the reason the
+            // close was sent (recorded in `self.reason`, which takes precedence).
+            return Err(DisconnectReason::ConnectionLost);
         }
         let mut progress = false;
         if !self.close_queued && now >= self.next_ping {

@@ -17,6 +17,9 @@ use crate::frame::{self, close_code};
 use crate::message::Message;
 use crate::session::DisconnectReason;
 
+/// Pongs waiting to be written at most (a client flooding pings cannot grow the queue).
+const MAX_PENDING_PONGS: usize = 16;
+
 /// Outcome of queueing one data frame for one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Enqueue {
@@ -166,18 +169,21 @@ impl Outbox {
         }
     }
 
-    /// Queues a control frame on the priority lane. Never refused by data backpressure; at
-    /// most one pong is kept pending (a newer one replaces it, as RFC 6455 allows).
+    /// Queues a control frame on the priority lane. Never refused by data backpressure. At
+    /// most [`MAX_PENDING_PONGS`] pongs wait at a time: beyond that the oldest is replaced,
+    /// as RFC 6455 allows answering only the most recent ping.
     pub(crate) fn push_control(&self, frame: Bytes) {
         let mut st = self.lock();
         if !matches!(st.phase, Phase::Open | Phase::Closing(_)) {
             return;
         }
-        if frame.first() == Some(&0x8A) {
-            if let Some(i) = st.control.iter().position(|f| f.first() == Some(&0x8A)) {
-                let old = std::mem::replace(&mut st.control[i], frame.clone());
-                st.bytes = st.bytes - old.len() + frame.len();
-                return;
+        if is_pong(&frame) && st.control.iter().filter(|f| is_pong(f)).count() >= MAX_PENDING_PONGS
+        {
+            if let Some(i) = st.control.iter().position(is_pong) {
+                if let Some(old) = st.control.remove(i) {
+                    st.bytes -= old.len();
+                    st.frames -= 1;
+                }
             }
         }
         st.bytes += frame.len();
@@ -469,19 +475,27 @@ mod tests {
     }
 
     #[test]
-    fn control_frames_bypass_bounds_jump_the_queue_and_pongs_coalesce() {
+    fn control_frames_bypass_bounds_jump_the_queue_and_pongs_are_capped() {
         let ob = Outbox::new(300, 2, SlowConsumerPolicy::Drop);
         assert_eq!(ob.push_data(frame(250)), Enqueue::Queued);
-        ob.push_control(frame::pong_frame(b"a"));
-        ob.push_control(frame::pong_frame(b"b"));
+        for i in 0..MAX_PENDING_PONGS + 2 {
+            ob.push_control(frame::pong_frame(&[i as u8]));
+        }
         ob.push_control(frame::ping_frame(b""));
         let (_, w) = waker();
         let mut out = VecDeque::from([frame(5)]);
         assert!(matches!(ob.take(&mut out, true, &w, false), Take::Frames));
-        assert_eq!(out[0], frame(5));
-        assert_eq!(out[1], frame::pong_frame(b"b"));
-        assert_eq!(out[2], frame::ping_frame(b""));
-        assert_eq!(out[3], frame(250));
+        assert_eq!(out[0], frame(5), "the partly written frame stays first");
+        for i in 0..MAX_PENDING_PONGS {
+            assert_eq!(
+                out[1 + i],
+                frame::pong_frame(&[(i + 2) as u8]),
+                "oldest pongs replaced"
+            );
+        }
+        assert_eq!(out[1 + MAX_PENDING_PONGS], frame::ping_frame(b""));
+        assert_eq!(out[2 + MAX_PENDING_PONGS], frame(250));
+        assert_eq!(out.len(), 3 + MAX_PENDING_PONGS);
     }
 
     #[test]

@@ -1,0 +1,49 @@
+//! Internals exposed for the fuzz targets and benchmarks; not a stable API.
+//!
+//! A *detached* client is registered in the hub like a connected one but has no socket and no
+//! session: what the hub queues for it stays in its outbox until [`Client::drain_detached`]
+//! takes it, exactly as a session's writer would.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use crate::hub::{Client, Hub};
+use crate::session::outbox::Take;
+use crate::session::DisconnectReason;
+
+pub use crate::message::json::{canonicalize, write_string, write_timestamp};
+pub use crate::message::parse::{parse as parse_request, ParseError, Request};
+
+impl Hub {
+    /// Registers a client with no connection (the connect hook fires).
+    #[doc(hidden)]
+    pub fn detached_client(&self) -> Client {
+        Client::new(self.register(), self.clone())
+    }
+}
+
+impl Client {
+    /// Takes every frame queued for a detached client, as its writer would, and counts them
+    /// as written. Returns the frames and whether a close frame was among them.
+    #[doc(hidden)]
+    pub fn drain_detached(&self) -> (Vec<Bytes>, bool) {
+        let outbox = &self.shared().outbox;
+        let mut out = VecDeque::new();
+        let closed = matches!(
+            outbox.take(&mut out, false, Waker::noop(), false),
+            Take::Close(_)
+        );
+        let bytes = out.iter().map(Bytes::len).sum();
+        outbox.written(bytes, out.len());
+        (out.into(), closed)
+    }
+
+    /// Ends a detached client as if its connection dropped (the disconnect hook fires).
+    #[doc(hidden)]
+    pub fn disconnect_detached(&self) {
+        self.hub()
+            .unregister(self.shared(), &DisconnectReason::ConnectionLost);
+    }
+}
