@@ -45,7 +45,7 @@ pub enum DisconnectReason {
         /// The client's close reason.
         reason: String,
     },
-    /// The server closed the connection through [`Client::close`].
+    /// The server closed the connection through [`Client::close`](crate::Client::close).
     Closed {
         /// The close code sent.
         code: u16,
