@@ -18,7 +18,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .raw_messages(true)
         // Autobahn sends messages up to 16 MiB and expects them echoed in one piece.
         .max_message_size(64 << 20)
-        .max_queued_bytes(128 << 20);
+        .max_queued_bytes(128 << 20)
+        // The suite sends thousands of frames as fast as it can.
+        .rate_limit(None);
     let hub = Hub::builder()
         .config(config)
         .on_message(|client, msg| {

@@ -166,6 +166,39 @@ pub struct HubConfig {
     /// and binary message goes to the message hook untouched (e.g. an echo server). The default
     /// value is `false`.
     pub raw_messages: bool,
+    /// Most clients connected at once; [`Hub::upgrade`](crate::Hub::upgrade) answers 503 beyond
+    /// it. The default value is 65,536.
+    pub max_connections: usize,
+    /// Per-client inbound message rate limit (a token bucket over messages and pings), or
+    /// `None` for no limit. The default value is 100 messages per second with a burst of 200.
+    pub rate_limit: Option<RateLimit>,
+    /// Origins allowed to open a WebSocket (the `Origin` header browsers send): exact origins
+    /// such as `https://app.example.com`, or a leftmost wildcard label such as
+    /// `https://*.example.com`. A request with another `Origin` gets 403 (this blocks
+    /// cross-site WebSocket hijacking); requests without `Origin` (non-browser clients) are
+    /// accepted. The default value is empty: every origin is accepted.
+    pub allowed_origins: Vec<String>,
+}
+
+/// A token-bucket rate limit on the messages (and pings) one client sends.
+///
+/// A message that finds the bucket empty is refused with an `error` reply
+/// (`"rate limit exceeded"`); a client that sends `burst` refused messages in a row is
+/// disconnected with close code 1008.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Sustained messages per second.
+    pub per_second: u32,
+    /// Bucket size: messages accepted in a burst.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// `per_second` sustained, `burst` at once.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        RateLimit { per_second, burst }
+    }
 }
 
 impl Default for HubConfig {
@@ -183,6 +216,12 @@ impl Default for HubConfig {
             max_channel_name_len: 256,
             client_publish: Vec::new(),
             raw_messages: false,
+            max_connections: 65_536,
+            rate_limit: Some(RateLimit {
+                per_second: 100,
+                burst: 200,
+            }),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -226,6 +265,12 @@ impl HubConfig {
         client_publish: Vec<ChannelPattern>;
         /// Sets [`raw_messages`](Self::raw_messages) (default `false`).
         raw_messages: bool;
+        /// Sets [`max_connections`](Self::max_connections) (default 65,536).
+        max_connections: usize;
+        /// Sets [`rate_limit`](Self::rate_limit) (default 100/s, burst 200).
+        rate_limit: Option<RateLimit>;
+        /// Sets [`allowed_origins`](Self::allowed_origins) (default empty: all origins).
+        allowed_origins: Vec<String>;
     }
 
     /// Checks every value and every combination.
@@ -271,17 +316,134 @@ impl HubConfig {
             ("max_queued_frames", self.max_queued_frames),
             ("max_subscriptions", self.max_subscriptions),
             ("max_channel_name_len", self.max_channel_name_len),
+            ("max_connections", self.max_connections),
         ];
         for (field, value) in counts {
             if value == 0 {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
         }
+        if let Some(r) = self.rate_limit {
+            if r.per_second == 0 || r.burst == 0 {
+                return Err(ConfigError::new(
+                    "rate_limit",
+                    "per_second and burst must be greater than zero (use None for no limit)",
+                ));
+            }
+        }
+        for origin in &self.allowed_origins {
+            validate_origin_pattern(origin).map_err(|reason| {
+                ConfigError::new("allowed_origins", format!("{origin:?}: {reason}"))
+            })?;
+        }
         Ok(())
+    }
+
+    /// Whether a request with this `Origin` header may connect.
+    pub(crate) fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty()
+            || self
+                .allowed_origins
+                .iter()
+                .any(|p| origin_matches(p, origin))
     }
 
     /// Whether clients may publish to `channel`.
     pub(crate) fn client_may_publish(&self, channel: &str) -> bool {
         self.client_publish.iter().any(|p| p.matches(channel))
+    }
+}
+
+/// `scheme://host[:port]`, where the host may start with `*.`.
+fn validate_origin_pattern(pattern: &str) -> Result<(), &'static str> {
+    let Some((scheme, rest)) = pattern.split_once("://") else {
+        return Err("expected scheme://host[:port]");
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+    {
+        return Err("invalid scheme");
+    }
+    let host = rest.strip_prefix("*.").unwrap_or(rest);
+    if host.is_empty()
+        || host.contains('*')
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return Err("invalid host (only a leftmost `*.` wildcard is allowed, no path)");
+    }
+    Ok(())
+}
+
+/// Matches an `Origin` header value against a validated pattern, ASCII case-insensitively.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    let (pattern, origin) = (pattern.to_ascii_lowercase(), origin.to_ascii_lowercase());
+    match pattern.split_once("://*.") {
+        Some((scheme, suffix)) => origin
+            .strip_prefix(scheme)
+            .and_then(|o| o.strip_prefix("://"))
+            .and_then(|host| host.strip_suffix(suffix))
+            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+        None => pattern == origin,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_patterns() {
+        let cfg = HubConfig::default().allowed_origins(vec![
+            "https://app.example.com".into(),
+            "https://*.trusted.org".into(),
+        ]);
+        assert!(cfg.validate().is_ok());
+        assert!(cfg.origin_allowed("https://app.example.com"));
+        assert!(cfg.origin_allowed("HTTPS://APP.EXAMPLE.COM"));
+        assert!(cfg.origin_allowed("https://a.trusted.org"));
+        assert!(cfg.origin_allowed("https://a.b.trusted.org"));
+        assert!(!cfg.origin_allowed("https://trusted.org"));
+        assert!(!cfg.origin_allowed("https://eviltrusted.org"));
+        assert!(!cfg.origin_allowed("http://app.example.com"));
+        assert!(!cfg.origin_allowed("https://app.example.com.evil.com"));
+        assert!(!cfg.origin_allowed("null"));
+        assert!(HubConfig::default().origin_allowed("https://anything"));
+        for bad in [
+            "example.com",
+            "https://",
+            "https://a/b",
+            "https://a.*.b",
+            "*://x",
+        ] {
+            let cfg = HubConfig::default().allowed_origins(vec![bad.into()]);
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_errors_not_defaults() {
+        let zero_rate = HubConfig::default().rate_limit(Some(RateLimit::new(0, 10)));
+        assert_eq!(zero_rate.validate().unwrap_err().field(), "rate_limit");
+        assert_eq!(
+            HubConfig::default()
+                .max_connections(0)
+                .validate()
+                .unwrap_err()
+                .field(),
+            "max_connections"
+        );
+        assert_eq!(
+            HubConfig::default()
+                .heartbeat_interval(Duration::from_secs(60))
+                .validate()
+                .unwrap_err()
+                .field(),
+            "pong_timeout"
+        );
+        assert!(HubConfig::default().rate_limit(None).validate().is_ok());
     }
 }

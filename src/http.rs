@@ -1,7 +1,11 @@
 //! HTTP integration: upgrading a hyper (or axum) request to a hub connection.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 
 use crate::hub::Hub;
@@ -9,15 +13,131 @@ use crate::hub::Hub;
 /// The response body type of [`Hub::upgrade`].
 pub type Body = Full<Bytes>;
 
+/// The parts of a WebSocket upgrade request an authentication hook may look at.
+pub struct Handshake<'a> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> Handshake<'a> {
+    /// A view of `request`.
+    pub fn new<B>(request: &'a Request<B>) -> Self {
+        Handshake {
+            uri: request.uri(),
+            headers: request.headers(),
+        }
+    }
+
+    /// The request URI (path and query string).
+    pub fn uri(&self) -> &'a Uri {
+        self.uri
+    }
+
+    /// All request headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// A header's value, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Origin` header.
+    pub fn origin(&self) -> Option<&'a str> {
+        self.header("origin")
+    }
+
+    /// A query string parameter, percent-decoded (`+` is a space).
+    ///
+    /// # Examples
+    /// ```
+    /// let req = http::Request::get("/ws?token=a%2Bb&x=1").body(()).unwrap();
+    /// assert_eq!(wshub::Handshake::new(&req).query("token").as_deref(), Some("a+b"));
+    /// ```
+    pub fn query(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.uri.query()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k).as_deref() == Some(name))
+                .then(|| percent_decode(v))
+                .flatten()
+        })
+    }
+
+    /// A cookie's value from the `Cookie` header(s).
+    pub fn cookie(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then_some(v.trim_matches('"'))
+            })
+    }
+
+    /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+    pub fn bearer_token(&self) -> Option<&'a str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
+    /// A client token from, in order: the bearer header, the `token` or `access_token` query
+    /// parameter, or the `wshub_token` cookie (browsers cannot set headers on a WebSocket).
+    pub fn token(&self) -> Option<Cow<'a, str>> {
+        self.bearer_token()
+            .map(Cow::Borrowed)
+            .or_else(|| self.query("token"))
+            .or_else(|| self.query("access_token"))
+            .or_else(|| self.cookie("wshub_token").map(Cow::Borrowed))
+    }
+}
+
+impl fmt::Debug for Handshake<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Headers may carry credentials: only their names are shown.
+        f.debug_struct("Handshake")
+            .field("path", &self.uri.path())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Decodes `%XX` escapes and `+`; `None` for malformed escapes or non-UTF-8 results.
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains(['%', '+']) {
+        return Some(Cow::Borrowed(s));
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
 impl Hub {
     /// Answers a WebSocket upgrade request and serves the connection on this hub.
     ///
     /// Returns `101 Switching Protocols` and spawns the session (on the current tokio runtime)
     /// once hyper hands over the connection; the session registers the client, fires the
-    /// connect hook and runs until the connection ends. Anything else is answered with an
-    /// error response and a plain-text reason: `400` for a request that is not a valid
-    /// WebSocket upgrade (missing `Upgrade: websocket`, missing key, version other than 13),
-    /// `503` while the hub is shutting down.
+    /// connect hook and runs until the connection ends. Anything else is answered with
+    /// `{"error":"<reason>"}`:
+    /// - `400` for a request that is not a valid WebSocket upgrade (missing
+    ///   `Upgrade: websocket`, missing key, version other than 13);
+    /// - `403` for an `Origin` outside [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins);
+    /// - `401` when the [authentication hook](crate::HubBuilder::authenticate) refuses;
+    /// - `503` at [`HubConfig::max_connections`](crate::HubConfig::max_connections) or while
+    ///   the hub is shutting down.
     ///
     /// Mount it in hyper with `service_fn` or in axum as a handler (see `examples/hyper.rs`
     /// and `examples/axum.rs`). The HTTP connection must be served with upgrades enabled
@@ -38,18 +158,36 @@ impl Hub {
     /// ```
     pub fn upgrade<B>(&self, request: &mut Request<B>) -> Response<Body> {
         if self.is_shutting_down() {
-            return text_response(StatusCode::SERVICE_UNAVAILABLE, "hub is shutting down");
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "hub is shutting down");
         }
         if !fastwebsockets::upgrade::is_upgrade_request(request) {
-            return text_response(
+            return error_response(
                 StatusCode::BAD_REQUEST,
                 "expected a WebSocket upgrade request",
             );
         }
+        let handshake = Handshake::new(request);
+        if let Some(origin) = handshake.origin() {
+            if !self.config().origin_allowed(origin) {
+                return error_response(StatusCode::FORBIDDEN, "origin not allowed");
+            }
+        }
+        let identity = match self.authenticate(&handshake) {
+            Ok(identity) => identity.map(Arc::<str>::from),
+            Err(reason) => {
+                let mut resp = error_response(StatusCode::UNAUTHORIZED, &reason);
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return resp;
+            }
+        };
+        let Some(slot) = self.reserve_slot() else {
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, "too many connections");
+        };
         let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut *request) {
             Ok(pair) => pair,
             Err(e) => {
-                return text_response(
+                return error_response(
                     StatusCode::BAD_REQUEST,
                     &format!("invalid WebSocket upgrade request: {e}"),
                 )
@@ -57,8 +195,9 @@ impl Hub {
         };
         let hub = self.clone();
         self.tracker().spawn(async move {
+            let _slot = slot;
             match upgrade.await {
-                Ok(ws) => hub.serve(ws.into_inner()).await,
+                Ok(ws) => crate::session::serve(hub, ws.into_inner(), identity).await,
                 Err(e) => tracing::debug!("WebSocket upgrade failed: {e}"),
             }
         });
@@ -67,13 +206,48 @@ impl Hub {
     }
 }
 
-/// A response with a plain-text body.
-pub(crate) fn text_response(status: StatusCode, text: &str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
+/// A JSON `{"error":"<reason>"}` response.
+pub(crate) fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
+    let body = serde_json::to_vec(&serde_json::json!({ "error": reason })).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_finds_tokens_everywhere_browsers_can_put_them() {
+        let req = Request::get("/ws?a=1&token=q%20t").body(()).unwrap();
+        assert_eq!(Handshake::new(&req).token().as_deref(), Some("q t"));
+        let req = Request::get("/ws?access_token=x").body(()).unwrap();
+        assert_eq!(Handshake::new(&req).token().as_deref(), Some("x"));
+        let req = Request::get("/ws")
+            .header("cookie", "a=b; wshub_token=\"c\"")
+            .body(())
+            .unwrap();
+        assert_eq!(Handshake::new(&req).token().as_deref(), Some("c"));
+        let req = Request::get("/ws?token=q")
+            .header("authorization", "bearer h")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            Handshake::new(&req).token().as_deref(),
+            Some("h"),
+            "header wins"
+        );
+        let req = Request::get("/ws?token=%zz").body(()).unwrap();
+        assert_eq!(Handshake::new(&req).token(), None, "malformed escape");
+        let req = Request::get("/ws")
+            .header("authorization", "Basic x")
+            .body(())
+            .unwrap();
+        assert_eq!(Handshake::new(&req).token(), None);
+    }
 }

@@ -20,7 +20,7 @@ impl Hub {
     /// Registers a client with no connection (the connect hook fires).
     #[doc(hidden)]
     pub fn detached_client(&self) -> Client {
-        Client::new(self.register(), self.clone())
+        Client::new(self.register(None), self.clone())
     }
 }
 

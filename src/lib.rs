@@ -77,13 +77,14 @@ pub mod server;
 mod session;
 
 pub use bytes::Bytes;
-pub use config::{ChannelPattern, HubConfig, SlowConsumerPolicy};
+pub use config::{ChannelPattern, HubConfig, RateLimit, SlowConsumerPolicy};
 pub use error::{
     ChannelNameError, ConfigError, Error, PublishError, Result, SendError, SubscribeError,
 };
-pub use http::Body;
+pub use http::{Body, Handshake};
 pub use hub::{
-    Client, Counters, Hub, HubBuilder, IncomingMessage, PublishReport, ShutdownReport, Stats,
+    ChannelAction, Client, Counters, Hub, HubBuilder, IncomingMessage, PublishReport,
+    ShutdownReport, Stats,
 };
 pub use message::channel::ChannelName;
 pub use message::json::{JsonError, JsonErrorKind};

@@ -261,9 +261,11 @@ async fn a_stalled_socket_is_disconnected_after_the_write_timeout() {
 async fn pings_from_a_client_that_never_reads_do_not_grow_its_queue() {
     // Drop policy and a write timeout long enough not to interfere: the client stays
     // connected with a full socket and a full queue, and floods pings.
+    // No rate limit: this is about the pong bound, not about refusing the pings.
     let config = HubConfig::default()
         .max_queued_bytes(BOUND)
-        .slow_consumer(SlowConsumerPolicy::Drop);
+        .slow_consumer(SlowConsumerPolicy::Drop)
+        .rate_limit(None);
     let server = TestServer::with_config(config).await;
     let hub = server.hub.clone();
     let mut slow = Raw::connect_small_rcvbuf(server.addr, 4096).await;

@@ -29,15 +29,18 @@ pub(crate) struct ClientShared {
     pub(crate) id: u64,
     /// Outbound queue, written by publishers, drained by the session.
     pub(crate) outbox: Outbox,
+    /// Who the authentication hook said this client is.
+    pub(crate) identity: Option<Arc<str>>,
     /// Lock order: a client's `subscriptions` before any registry lock.
     subscriptions: Mutex<Subscriptions>,
 }
 
 impl ClientShared {
-    pub(crate) fn new(id: u64, outbox: Outbox) -> Arc<Self> {
+    pub(crate) fn new(id: u64, outbox: Outbox, identity: Option<Arc<str>>) -> Arc<Self> {
         Arc::new(ClientShared {
             id,
             outbox,
+            identity,
             subscriptions: Mutex::default(),
         })
     }
@@ -64,6 +67,7 @@ impl ClientShared {
         Self::new(
             id,
             Outbox::new(1 << 20, 1 << 10, crate::SlowConsumerPolicy::Disconnect),
+            None,
         )
     }
 }
@@ -92,6 +96,12 @@ impl Client {
     /// The client's id, unique within its hub.
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// The identity the hub's authentication hook returned for this client
+    /// ([`HubBuilder::authenticate`](crate::HubBuilder::authenticate)); `None` without one.
+    pub fn identity(&self) -> Option<&str> {
+        self.shared.identity.as_deref()
     }
 
     /// The channels the client is subscribed to, sorted.

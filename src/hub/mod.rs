@@ -10,7 +10,7 @@ pub(crate) mod registry;
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::HubConfig;
 use crate::error::{ConfigError, PublishError, SubscribeError};
 use crate::frame::{self, close_code};
+use crate::http::Handshake;
 use crate::message::channel::{validate_channel_name, ChannelName};
 use crate::message::{Json, Message};
 use crate::session::outbox::{Enqueue, Outbox};
@@ -34,12 +35,27 @@ use registry::Registry;
 type ConnectHook = Arc<dyn Fn(&Client) + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Client, &DisconnectReason) + Send + Sync>;
 type MessageHook = Arc<dyn Fn(&Client, IncomingMessage) + Send + Sync>;
+type AuthHook = Arc<dyn Fn(&Handshake<'_>) -> Result<String, String> + Send + Sync>;
+type ChannelHook = Arc<dyn Fn(&Client, &str, ChannelAction) -> bool + Send + Sync>;
 
 #[derive(Default, Clone)]
 struct Hooks {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
     on_message: Option<MessageHook>,
+    authenticate: Option<AuthHook>,
+    authorize_channel: Option<ChannelHook>,
+}
+
+/// What a client asks to do with a channel, for
+/// [`HubBuilder::authorize_channel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelAction {
+    /// `{"type":"subscribe",...}`
+    Subscribe,
+    /// `{"type":"publish",...}` (already allowed by [`HubConfig::client_publish`]).
+    Publish,
 }
 
 /// A message from a client that the hub does not handle itself: an unknown `type` in the
@@ -179,6 +195,8 @@ struct HubInner {
     shutting_down: AtomicBool,
     /// Every session (and pending upgrade), so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Connections accepted by `upgrade` and not yet ended (bounded by `max_connections`).
+    open: AtomicUsize,
     counters: AtomicCounters,
 }
 
@@ -244,6 +262,44 @@ impl HubBuilder {
         self
     }
 
+    /// Authenticates each WebSocket upgrade request before it is accepted: the hook sees the
+    /// whole request ([`Handshake`]: headers, query string, cookies) and returns the client's
+    /// identity (visible to every hook as [`Client::identity`]) or a reason, which refuses the
+    /// upgrade with HTTP 401 and `{"error":"<reason>"}`. Browsers cannot set `Authorization` on
+    /// a WebSocket, so accept a token from the query string or a cookie as well
+    /// ([`Handshake::token`] looks in all three).
+    ///
+    /// # Examples
+    /// ```
+    /// let hub = wshub::Hub::builder()
+    ///     .authenticate(|req| match req.token().as_deref() {
+    ///         Some("s3cret") => Ok("alice".to_owned()),
+    ///         _ => Err("missing or invalid token".to_owned()),
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(hub);
+    /// ```
+    pub fn authenticate(
+        mut self,
+        hook: impl Fn(&Handshake<'_>) -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.authenticate = Some(Arc::new(hook));
+        self
+    }
+
+    /// Decides whether a client may subscribe to, or publish to, a channel (for requests sent
+    /// by clients; the library's own [`Hub::subscribe`] and [`Hub::publish`] are not checked).
+    /// A refusal gets `{"type":"error","data":"not allowed to subscribe to \"C\""}` (or
+    /// `publish to`) and the connection stays.
+    pub fn authorize_channel(
+        mut self,
+        hook: impl Fn(&Client, &str, ChannelAction) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.authorize_channel = Some(Arc::new(hook));
+        self
+    }
+
     /// Validates the configuration and builds the hub.
     ///
     /// # Errors
@@ -259,6 +315,7 @@ impl HubBuilder {
                 next_id: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
                 tracker: TaskTracker::new(),
+                open: AtomicUsize::new(0),
                 counters: AtomicCounters::default(),
             }),
         })
@@ -272,6 +329,8 @@ impl fmt::Debug for HubBuilder {
             .field("on_connect", &self.hooks.on_connect.is_some())
             .field("on_disconnect", &self.hooks.on_disconnect.is_some())
             .field("on_message", &self.hooks.on_message.is_some())
+            .field("authenticate", &self.hooks.authenticate.is_some())
+            .field("authorize_channel", &self.hooks.authorize_channel.is_some())
             .finish()
     }
 }
@@ -606,10 +665,22 @@ impl Hub {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        self.inner
-            .tracker
-            .track_future(session::serve(self.clone(), io))
-            .await;
+        self.serve_as(io, None).await;
+    }
+
+    /// Like [`Hub::serve`], for a client your own code authenticated: `identity` is what
+    /// [`Client::identity`] returns. [`HubConfig::max_connections`] is enforced by
+    /// [`Hub::upgrade`], not here.
+    ///
+    /// # Cancel safety
+    /// As [`Hub::serve`].
+    pub async fn serve_as<S>(&self, io: S, identity: Option<String>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let identity = identity.map(Arc::from);
+        let session = session::serve(self.clone(), io, identity);
+        self.inner.tracker.track_future(session).await;
     }
 
     pub(crate) fn tracker(&self) -> &TaskTracker {
@@ -662,7 +733,7 @@ impl Hub {
     }
 
     /// Registers a new client (its session is starting).
-    pub(crate) fn register(&self) -> Arc<ClientShared> {
+    pub(crate) fn register(&self, identity: Option<Arc<str>>) -> Arc<ClientShared> {
         let inner = &self.inner;
         let config = &inner.config;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -671,7 +742,7 @@ impl Hub {
             config.max_queued_frames,
             config.slow_consumer,
         );
-        let client = ClientShared::new(id, outbox);
+        let client = ClientShared::new(id, outbox, identity);
         inner.clients.insert(&client);
         inner.counters.connections.fetch_add(1, Ordering::Relaxed);
         if self.is_shutting_down() {
@@ -709,6 +780,50 @@ impl Hub {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Reserves a connection slot for an upgrade; `None` at [`HubConfig::max_connections`].
+    pub(crate) fn reserve_slot(&self) -> Option<Slot> {
+        let open = &self.inner.open;
+        // AcqRel keeps the count exact under concurrent upgrades; it guards nothing else.
+        if open.fetch_add(1, Ordering::AcqRel) >= self.inner.config.max_connections {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Slot { hub: self.clone() })
+    }
+
+    /// Runs the authentication hook: `Ok(None)` without one.
+    pub(crate) fn authenticate(&self, handshake: &Handshake<'_>) -> Result<Option<String>, String> {
+        match &self.inner.hooks.authenticate {
+            None => Ok(None),
+            Some(hook) => match catch_unwind(AssertUnwindSafe(|| hook(handshake))) {
+                Ok(result) => result.map(Some),
+                Err(_) => {
+                    self.inner
+                        .counters
+                        .hook_panics
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err("authentication failed".to_owned())
+                }
+            },
+        }
+    }
+
+    /// Runs the channel authoriser (allowing everything without one; a panic refuses).
+    pub(crate) fn channel_allowed(
+        &self,
+        client: &Arc<ClientShared>,
+        channel: &str,
+        action: ChannelAction,
+    ) -> bool {
+        let Some(hook) = &self.inner.hooks.authorize_channel else {
+            return true;
+        };
+        let handle = Client::new(Arc::clone(client), self.clone());
+        let mut allowed = false;
+        self.guarded(|| allowed = hook(&handle, channel, action));
+        allowed
+    }
+
     pub(crate) fn has_message_hook(&self) -> bool {
         self.inner.hooks.on_message.is_some()
     }
@@ -736,6 +851,17 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!("a wshub hook panicked; the panic was contained");
         }
+    }
+}
+
+/// A connection slot reserved by [`Hub::reserve_slot`], released when dropped.
+pub(crate) struct Slot {
+    hub: Hub,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.hub.inner.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -21,9 +21,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 
-use crate::frame::{self, Decoder, Frame, Role};
+use crate::config::RateLimit;
+use crate::frame::{self, close_code, Decoder, Frame, Role};
 use crate::hub::client::ClientShared;
-use crate::hub::{Hub, IncomingMessage};
+use crate::hub::{ChannelAction, Hub, IncomingMessage};
 use crate::message::parse::{self, Request};
 use crate::message::{Json, Message};
 use outbox::Take;
@@ -73,6 +74,9 @@ pub enum DisconnectReason {
     ConnectionLost,
     /// The hub shut down; the client got close code 1001 "going away".
     Shutdown,
+    /// The client kept sending over its [`RateLimit`](crate::RateLimit); it got close code
+    /// 1008 "rate limit exceeded".
+    RateLimited,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -98,17 +102,18 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::WriteTimeout => f.write_str("write timeout"),
             DisconnectReason::ConnectionLost => f.write_str("connection lost"),
             DisconnectReason::Shutdown => f.write_str("hub shutdown"),
+            DisconnectReason::RateLimited => f.write_str("rate limit exceeded"),
         }
     }
 }
 
 /// Serves one upgraded connection until it ends. Registers the client first and unregisters it
 /// (firing the disconnect hook) however the session ends, panics and cancellation included.
-pub(crate) async fn serve<S>(hub: Hub, io: S)
+pub(crate) async fn serve<S>(hub: Hub, io: S, identity: Option<Arc<str>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let client = hub.register();
+    let client = hub.register(identity);
     let guard = Registration {
         hub: hub.clone(),
         client: Arc::clone(&client),
@@ -170,6 +175,44 @@ struct Session<S> {
     /// After a protocol error the connection is dropped as soon as the close frame is out.
     fail_fast: bool,
     reason: Option<DisconnectReason>,
+    /// Inbound rate limit, when configured.
+    limiter: Option<TokenBucket>,
+}
+
+/// A token bucket refilled continuously at `rate` tokens per second up to `burst`.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: u32,
+    last: Instant,
+    /// Refusals in a row.
+    strikes: u32,
+}
+
+impl TokenBucket {
+    fn new(limit: RateLimit, now: Instant) -> Self {
+        TokenBucket {
+            tokens: f64::from(limit.burst),
+            rate: f64::from(limit.per_second),
+            burst: limit.burst,
+            last: now,
+            strikes: 0,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(f64::from(self.burst));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -196,6 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             close_deadline: None,
             fail_fast: false,
             reason: None,
+            limiter: config.rate_limit.map(|l| TokenBucket::new(l, now)),
             hub,
             client,
         }
@@ -296,7 +340,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn on_frame(&mut self, frame: Frame) {
         match frame {
-            Frame::Ping(payload) => self.client.outbox.push_control(frame::pong_frame(&payload)),
+            Frame::Ping(payload) => {
+                if self.admit() {
+                    self.client.outbox.push_control(frame::pong_frame(&payload));
+                }
+            }
             Frame::Pong(_) => {}
             Frame::Close(close) => {
                 self.peer_closed = true;
@@ -330,6 +378,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.close_queued {
             return; // closing: data is no longer interpreted
         }
+        if !self.admit() {
+            return self.reply_error("rate limit exceeded");
+        }
         if self.hub.config().raw_messages {
             self.hub
                 .call_message_hook(&self.client, IncomingMessage::new(payload, binary, None));
@@ -345,10 +396,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(&Message::new("pong"));
                 Ok(())
             }
-            Request::Subscribe(channel) => hub
-                .subscribe_shared(&self.client, &channel)
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            Request::Subscribe(channel) => {
+                if hub.channel_allowed(&self.client, &channel, ChannelAction::Subscribe) {
+                    hub.subscribe_shared(&self.client, &channel)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                } else {
+                    Err(format!("not allowed to subscribe to {:?}", &*channel))
+                }
+            }
             Request::Unsubscribe(channel) => hub
                 .unsubscribe_shared(&self.client, &channel)
                 .map(drop)
@@ -375,8 +431,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         channel: &str,
         data: Option<&serde_json::value::RawValue>,
     ) -> Result<(), String> {
-        if !self.hub.config().client_may_publish(channel) {
-            return Err(format!("publishing to channel {channel:?} is not allowed"));
+        if !self.hub.config().client_may_publish(channel)
+            || !self
+                .hub
+                .channel_allowed(&self.client, channel, ChannelAction::Publish)
+        {
+            return Err(format!("not allowed to publish to {channel:?}"));
         }
         let mut message = Message::new("event");
         if let Some(data) = data {
@@ -386,6 +446,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .publish_local(channel, &message)
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    /// Takes a token from the rate limiter; on refusal counts a strike, and closes the
+    /// connection (1008) after `burst` refusals in a row.
+    fn admit(&mut self) -> bool {
+        let Some(bucket) = &mut self.limiter else {
+            return true;
+        };
+        if bucket.take(Instant::now()) {
+            return true;
+        }
+        if bucket.strikes >= bucket.burst {
+            self.reading = false;
+            self.client.outbox.request_close(
+                frame::close_frame(close_code::POLICY, "rate limit exceeded"),
+                false,
+                DisconnectReason::RateLimited,
+            );
+        }
+        false
     }
 
     fn reply(&self, message: &Message) {
