@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::PublishError;
-use crate::http::Body;
+use crate::http::{Body, Handshake};
 use crate::hub::{Hub, ShutdownReport};
 use crate::message::{Json, Message};
 
@@ -53,6 +53,12 @@ pub struct ServerConfig {
     /// How long shutdown waits for clients to receive their queued messages and close.
     /// The default value is 10 s.
     pub shutdown_timeout: Duration,
+    /// A connection must deliver a complete HTTP request head within this time, or it is
+    /// closed (slowloris). The default value is 10 s.
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head in bytes (at least 8192); a bigger one gets 431. The default
+    /// value is 16 KiB.
+    pub max_header_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +68,8 @@ impl Default for ServerConfig {
             api_key: None,
             max_body_size: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_header_size: 16 * 1024,
         }
     }
 }
@@ -85,6 +93,20 @@ impl ServerConfig {
     #[must_use]
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body_size = bytes;
+        self
+    }
+
+    /// Sets [`handshake_timeout`](Self::handshake_timeout) (default 10 s).
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_header_size`](Self::max_header_size) (default 16 KiB).
+    #[must_use]
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = bytes;
         self
     }
 
@@ -120,6 +142,12 @@ impl Server {
     /// # Errors
     /// The I/O error from binding [`ServerConfig::listen`].
     pub async fn bind(hub: Hub, config: ServerConfig) -> io::Result<Server> {
+        if config.max_header_size < 8192 || config.handshake_timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "max_header_size must be at least 8192 and handshake_timeout greater than zero",
+            ));
+        }
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Server {
             hub,
@@ -185,13 +213,15 @@ async fn serve_http(
     config: Arc<ServerConfig>,
     stop: CancellationToken,
 ) {
+    let (handshake_timeout, max_header_size) = (config.handshake_timeout, config.max_header_size);
     let service = service_fn(move |req| {
         let (hub, config) = (hub.clone(), Arc::clone(&config));
         async move { Ok::<_, Infallible>(route(req, &hub, &config).await) }
     });
     let conn = http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(handshake_timeout)
+        .max_buf_size(max_header_size)
         .serve_connection(io, service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -238,27 +268,13 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
 
 /// `None` when authorised, else the 401 response.
 fn authorize(req: &Request<Incoming>, config: &ServerConfig) -> Option<Response<Body>> {
-    let Some(key) = &config.api_key else {
-        return None;
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The scheme name is case-insensitive (RFC 7235 §2.1): `bearer KEY` is valid too.
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("Bearer")
-                .then(|| token.trim_start_matches(' '))
-        })
-        .unwrap_or("");
+    let key = config.api_key.as_ref()?;
+    let given = Handshake::new(req).bearer_token().unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         return None;
     }
     let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid API key");
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Some(resp)
 }
 
@@ -269,6 +285,61 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
     }
     diff == 0
+}
+
+/// Static client tokens for the WebSocket endpoint: each token maps to an identity.
+///
+/// The token is taken from `Authorization: Bearer`, the `token`/`access_token` query
+/// parameter or the `wshub_token` cookie ([`Handshake::token`]) and compared in constant time.
+/// The `wshub` binary's `--auth-token ID=TOKEN` uses it.
+///
+/// # Examples
+/// ```
+/// use wshub::{server::TokenAuth, Hub};
+/// let auth = TokenAuth::new([("alice", "s3cret")]);
+/// let hub = Hub::builder().authenticate(move |req| auth.check(req)).build().unwrap();
+/// # drop(hub);
+/// ```
+#[derive(Clone)]
+pub struct TokenAuth {
+    tokens: Arc<[(String, String)]>,
+}
+
+impl TokenAuth {
+    /// `(identity, token)` pairs.
+    pub fn new<I, S>(tokens: impl IntoIterator<Item = (I, S)>) -> Self
+    where
+        I: Into<String>,
+        S: Into<String>,
+    {
+        TokenAuth { tokens: tokens.into_iter().map(|(i, t)| (i.into(), t.into())).collect() }
+    }
+
+    /// The identity whose token the request carries.
+    ///
+    /// # Errors
+    /// A reason for the 401 answer: no token, or an unknown one.
+    pub fn check(&self, request: &Handshake<'_>) -> Result<String, String> {
+        let Some(given) = request.token() else {
+            return Err("missing token".to_owned());
+        };
+        // Every configured token is compared, so timing does not reveal which one matched.
+        let mut found = None;
+        for (identity, token) in self.tokens.iter() {
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                found = Some(identity);
+            }
+        }
+        found.cloned().ok_or_else(|| "invalid token".to_owned())
+    }
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Tokens are secrets: only the identities are shown.
+        let ids: Vec<&str> = self.tokens.iter().map(|(i, _)| i.as_str()).collect();
+        f.debug_struct("TokenAuth").field("identities", &ids).finish()
+    }
 }
 
 #[derive(Deserialize)]

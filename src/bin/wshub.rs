@@ -4,8 +4,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use wshub::server::{Server, ServerConfig};
-use wshub::{ChannelPattern, Hub, HubConfig, SlowConsumerPolicy};
+use wshub::server::{Server, ServerConfig, TokenAuth};
+use wshub::{ChannelPattern, Hub, HubConfig, RateLimit, SlowConsumerPolicy};
+
+/// `(identity, token)` pairs for the WebSocket endpoint.
+type Tokens = Vec<(String, String)>;
 
 const HELP: &str = "\
 wshub — WebSocket broadcast hub (go-ws compatible)
@@ -26,6 +29,19 @@ USAGE: wshub [OPTIONS]
   --max-subscriptions N       channels per client [default: 1024]
   --max-body-size BYTES       largest HTTP API request body [default: 1048576]
   --shutdown-timeout SECS     grace period for clients on SIGINT/SIGTERM [default: 10]
+
+Security:
+  --auth-token ID=TOKEN       require a client token on /ws (repeatable); the token may come as
+                              `Authorization: Bearer`, `?token=` or cookie `wshub_token`; ID is
+                              the client's identity [env: WSHUB_AUTH_TOKENS=ID=TOKEN,...]
+  --allowed-origin ORIGIN     accept browser connections only from ORIGIN, e.g.
+                              https://app.example.com or https://*.example.com (repeatable)
+                              [default: any origin]
+  --max-connections N         concurrent WebSocket clients [default: 65536]
+  --rate-limit N              messages per second per client, 0 = no limit [default: 100]
+  --rate-burst N              messages a client may send in a burst [default: 200]
+  --handshake-timeout SECS    time to send a complete HTTP request head [default: 10]
+  --max-header-size BYTES     largest HTTP request head, at least 8192 [default: 16384]
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -38,7 +54,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let (hub_config, server_config) = match parse_args(std::env::args().skip(1)) {
+    let (hub_config, server_config, tokens) = match parse_args(std::env::args().skip(1)) {
         Ok(Some(configs)) => configs,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
@@ -46,7 +62,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let hub = match Hub::builder().config(hub_config).build() {
+    let mut builder = Hub::builder().config(hub_config);
+    if !tokens.is_empty() {
+        let auth = TokenAuth::new(tokens);
+        builder = builder.authenticate(move |req| auth.check(req));
+    }
+    let hub = match builder.build() {
         Ok(hub) => hub,
         Err(e) => {
             eprintln!("wshub: invalid configuration: {e}");
@@ -115,12 +136,17 @@ async fn shutdown_signal() {
 #[allow(clippy::print_stdout, reason = "--help and --version print to stdout")]
 fn parse_args(
     args: impl Iterator<Item = String>,
-) -> Result<Option<(HubConfig, ServerConfig)>, String> {
+) -> Result<Option<(HubConfig, ServerConfig, Tokens)>, String> {
     let mut hub = HubConfig::default();
     let mut server = ServerConfig::default();
-    server.api_key = std::env::var("WSHUB_API_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
+    server.api_key = std::env::var("WSHUB_API_KEY").ok().filter(|k| !k.is_empty());
+    let mut tokens = Tokens::new();
+    if let Ok(list) = std::env::var("WSHUB_AUTH_TOKENS") {
+        for pair in list.split(',').filter(|p| !p.is_empty()) {
+            tokens.push(id_token("WSHUB_AUTH_TOKENS", pair)?);
+        }
+    }
+    let (mut rate, mut burst) = (100u32, 200u32);
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -166,13 +192,30 @@ fn parse_args(
             "--max-subscriptions" => hub.max_subscriptions = number(&flag, &value()?)?,
             "--max-body-size" => server.max_body_size = number(&flag, &value()?)?,
             "--shutdown-timeout" => server.shutdown_timeout = secs(&flag, &value()?)?,
+            "--auth-token" => tokens.push(id_token(&flag, &value()?)?),
+            "--allowed-origin" => hub.allowed_origins.push(value()?),
+            "--max-connections" => hub.max_connections = number(&flag, &value()?)?,
+            "--rate-limit" => rate = number(&flag, &value()?)?,
+            "--rate-burst" => burst = number(&flag, &value()?)?,
+            "--handshake-timeout" => server.handshake_timeout = secs(&flag, &value()?)?,
+            "--max-header-size" => server.max_header_size = number(&flag, &value()?)?,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Some((hub, server)))
+    hub.rate_limit = (rate > 0).then(|| RateLimit::new(rate, burst));
+    Ok(Some((hub, server, tokens)))
 }
 
-fn number(flag: &str, v: &str) -> Result<usize, String> {
+fn id_token(flag: &str, v: &str) -> Result<(String, String), String> {
+    match v.split_once('=') {
+        Some((id, token)) if !id.is_empty() && !token.is_empty() => {
+            Ok((id.to_owned(), token.to_owned()))
+        }
+        _ => Err(format!("{flag}: expected ID=TOKEN")),
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
     v.parse()
         .map_err(|_| format!("{flag} {v}: expected a non-negative integer"))
 }

@@ -375,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn on_message(&mut self, payload: Bytes, binary: bool) {
-        if self.close_queued {
+        if self.close_queued || !self.client.outbox.is_open() {
             return; // closing: data is no longer interpreted
         }
         if !self.admit() {
@@ -458,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return true;
         }
         if bucket.strikes >= bucket.burst {
-            self.reading = false;
+            // Keep reading: the client's close reply must still be seen.
             self.client.outbox.request_close(
                 frame::close_frame(close_code::POLICY, "rate limit exceeded"),
                 false,
