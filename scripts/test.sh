@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole wshub test suite, from a fresh machine: installs what the tests need, then runs
-# unit, integration and doc tests, the docs build, the benchmark build and the Autobahn
-# conformance suite. Prints the time each stage took.
+# The whole wshub test suite, from a fresh machine: installs what the tests need (Python with
+# venv for Autobahn and the `websockets` interop client, Node's `ws` interop client), then runs
+# unit, integration and doc tests, the release-mode churn test, the docs build, the benchmark
+# build and the Autobahn conformance suite. Prints the time each stage took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+TOOLS="$PWD/target/test-tools"
 
 stage() {
   local name="$1"; shift
@@ -14,17 +16,26 @@ stage() {
   echo "<== $name: $((SECONDS - start)) s"
 }
 
-need_python() {
-  # The Autobahn suite needs Python 3.8-3.12 (lib2to3) with venv and pip.
-  if ! python3 -c 'import venv, lib2to3, ensurepip' 2>/dev/null; then
+install_tools() {
+  # Python 3.8-3.12 with venv, pip and lib2to3 (Autobahn), and Node.js with npm.
+  if ! python3 -c 'import venv, lib2to3, ensurepip' 2>/dev/null || ! command -v npm >/dev/null; then
     if command -v apt-get >/dev/null; then
-      apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip python3-lib2to3 >/dev/null
+      apt-get update -qq
+      apt-get install -y -qq python3 python3-venv python3-pip python3-lib2to3 nodejs npm >/dev/null
     fi
   fi
+  mkdir -p "$TOOLS"
+  if [ ! -x "$TOOLS/venv/bin/python" ]; then
+    python3 -m venv "$TOOLS/venv"
+  fi
+  "$TOOLS/venv/bin/pip" install -q -r tests/interop/requirements.txt
+  npm install --prefix tests/interop --no-audit --no-fund --silent
 }
 
-stage "install test tools" need_python
+stage "install test tools" install_tools
+export WSHUB_INTEROP_PYTHON="$TOOLS/venv/bin/python" WSHUB_INTEROP_NODE="$(command -v node)"
 stage "cargo test" cargo test --all-features
+stage "churn test (release)" cargo test --release --test stress_churn -- --ignored
 stage "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 stage "cargo bench --no-run" cargo bench --no-run
 stage "autobahn conformance" bash autobahn/run.sh

@@ -274,7 +274,8 @@ fn authorize(req: &Request<Incoming>, config: &ServerConfig) -> Option<Response<
         return None;
     }
     let mut resp = error(StatusCode::UNAUTHORIZED, "missing or invalid API key");
-    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Some(resp)
 }
 
@@ -312,7 +313,12 @@ impl TokenAuth {
         I: Into<String>,
         S: Into<String>,
     {
-        TokenAuth { tokens: tokens.into_iter().map(|(i, t)| (i.into(), t.into())).collect() }
+        TokenAuth {
+            tokens: tokens
+                .into_iter()
+                .map(|(i, t)| (i.into(), t.into()))
+                .collect(),
+        }
     }
 
     /// The identity whose token the request carries.
@@ -338,7 +344,9 @@ impl std::fmt::Debug for TokenAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Tokens are secrets: only the identities are shown.
         let ids: Vec<&str> = self.tokens.iter().map(|(i, _)| i.as_str()).collect();
-        f.debug_struct("TokenAuth").field("identities", &ids).finish()
+        f.debug_struct("TokenAuth")
+            .field("identities", &ids)
+            .finish()
     }
 }
 

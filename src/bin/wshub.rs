@@ -139,7 +139,9 @@ fn parse_args(
 ) -> Result<Option<(HubConfig, ServerConfig, Tokens)>, String> {
     let mut hub = HubConfig::default();
     let mut server = ServerConfig::default();
-    server.api_key = std::env::var("WSHUB_API_KEY").ok().filter(|k| !k.is_empty());
+    server.api_key = std::env::var("WSHUB_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     let mut tokens = Tokens::new();
     if let Ok(list) = std::env::var("WSHUB_AUTH_TOKENS") {
         for pair in list.split(',').filter(|p| !p.is_empty()) {
