@@ -47,6 +47,9 @@
 //! - `server` (default): the `wshub` binary's HTTP server ([`server`]): routing, the HTTP
 //!   publish API, signal handling. The library core ([`Hub`], [`Hub::upgrade`]) needs no
 //!   feature.
+//! - `client` (default): [`ReconnectingClient`] ([`client`]), a WebSocket client for wshub and
+//!   go-ws servers that reconnects with backoff, resubscribes, keeps the connection alive and
+//!   speaks `ws://` and `wss://` (rustls).
 //!
 //! # Slow subscribers
 //! Every client has a queue bounded in bytes ([`HubConfig::max_queued_bytes`], 1 MiB) and in
@@ -63,6 +66,9 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 mod config;
 mod error;
 pub mod frame;
@@ -77,6 +83,8 @@ pub mod server;
 mod session;
 
 pub use bytes::Bytes;
+#[cfg(feature = "client")]
+pub use client::{ClientBuilder, ClientConfig, ReconnectingClient};
 pub use config::{ChannelPattern, HubConfig, RateLimit, SlowConsumerPolicy};
 pub use error::{
     ChannelNameError, ConfigError, Error, PublishError, Result, SendError, SubscribeError,

@@ -1,0 +1,396 @@
+//! The client side of the opening handshake (RFC 6455 section 4.1): URL parsing, the upgrade
+//! request, and the checks on the server's response. Sans-IO except [`perform`].
+
+use base64::Engine as _;
+use bytes::BytesMut;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::error::{ClientError, HandshakeError};
+use crate::error::ConfigError;
+
+/// The GUID appended to the key before hashing (RFC 6455 section 1.3).
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Largest response head accepted.
+pub(super) const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// Most response headers parsed.
+const MAX_HEADERS: usize = 64;
+
+/// Where to connect, parsed from a `ws://` or `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Target {
+    /// `wss://`.
+    pub(super) tls: bool,
+    /// Host name or IP address, without IPv6 brackets: for the TCP connect and TLS SNI.
+    pub(super) host: String,
+    /// Explicit port, or 80 / 443.
+    pub(super) port: u16,
+    /// The `Host` header: the URL's authority.
+    pub(super) authority: String,
+    /// Path and query; `/` when the URL has none.
+    pub(super) path: String,
+}
+
+impl Target {
+    /// Parses a `ws://` or `wss://` URL.
+    pub(super) fn parse(url: &str) -> Result<Target, ConfigError> {
+        let bad = |reason: &str| ConfigError::new("url", format!("{url:?}: {reason}"));
+        if url.contains('#') {
+            return Err(bad("a WebSocket URL may not have a fragment"));
+        }
+        let uri: http::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+        let tls = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("ws") => false,
+            Some(s) if s.eq_ignore_ascii_case("wss") => true,
+            _ => return Err(bad("the scheme must be ws:// or wss://")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "user info is not supported; send credentials in a header",
+            ));
+        }
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        // `Authority::port` hides an out-of-range port, so parse it here.
+        let port = match authority.as_str().rsplit_once(':') {
+            Some((_, port)) if !port.ends_with(']') && !port.is_empty() => {
+                Some(port.parse::<u16>().map_err(|_| bad("invalid port"))?)
+            }
+            _ => None,
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(Target {
+            tls,
+            host: host.to_owned(),
+            port: port.unwrap_or(default_port),
+            authority: authority.as_str().to_owned(),
+            path: if path.is_empty() { "/" } else { path }.to_owned(),
+        })
+    }
+}
+
+/// A fresh random `Sec-WebSocket-Key`: 16 random bytes, base64.
+pub(super) fn new_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>())
+}
+
+/// The `Sec-WebSocket-Accept` value the server must answer for `key`.
+pub(super) fn accept_key(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// The upgrade request. `headers` have been validated (no CR/LF, not reserved).
+pub(super) fn request(target: &Target, key: &str, headers: &[(String, String)]) -> Vec<u8> {
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+        target.path, target.authority
+    );
+    for (name, value) in headers {
+        req.push_str(name);
+        req.push_str(": ");
+        req.push_str(value);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Whether a comma-separated header value contains `token` (case-insensitive).
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Checks the response head at the front of `buf`. Returns the head's length once it is
+/// complete, `None` while more bytes are needed.
+///
+/// `offered_protocols` is the value of the `Sec-WebSocket-Protocol` request header, if any.
+pub(super) fn check_response(
+    buf: &[u8],
+    key: &str,
+    offered_protocols: Option<&str>,
+) -> Result<Option<usize>, HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(HandshakeError::TooLarge {
+                limit: MAX_RESPONSE_HEAD,
+            })
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+    };
+    if len > MAX_RESPONSE_HEAD {
+        return Err(HandshakeError::TooLarge {
+            limit: MAX_RESPONSE_HEAD,
+        });
+    }
+    if response.version != Some(1) {
+        return Err(HandshakeError::Malformed("not an HTTP/1.1 response".into()));
+    }
+    let status = response.code.unwrap_or(0);
+    if status != 101 {
+        return Err(HandshakeError::Status(status));
+    }
+    let all: &[httparse::Header<'_>] = response.headers;
+    let header = |name: &'static str| {
+        all.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if !header("upgrade").any(|v| has_token(v, "websocket")) {
+        return Err(HandshakeError::MissingHeader("Upgrade: websocket"));
+    }
+    if !header("connection").any(|v| has_token(v, "upgrade")) {
+        return Err(HandshakeError::MissingHeader("Connection: Upgrade"));
+    }
+    let mut accepts = header("sec-websocket-accept");
+    let (Some(accept), None) = (accepts.next(), accepts.next()) else {
+        return Err(HandshakeError::MissingHeader("Sec-WebSocket-Accept"));
+    };
+    if accept.trim_ascii() != accept_key(key).as_bytes() {
+        return Err(HandshakeError::BadAccept);
+    }
+    if header("sec-websocket-extensions").any(|v| !v.trim_ascii().is_empty()) {
+        return Err(HandshakeError::UnexpectedExtension);
+    }
+    let mut protocols = header("sec-websocket-protocol");
+    if let Some(chosen) = protocols.next() {
+        let offered = offered_protocols.unwrap_or("");
+        let chosen = std::str::from_utf8(chosen.trim_ascii()).unwrap_or("");
+        if protocols.next().is_some()
+            || chosen.is_empty()
+            || !offered.split(',').any(|p| p.trim() == chosen)
+        {
+            return Err(HandshakeError::UnexpectedProtocol);
+        }
+    }
+    Ok(Some(len))
+}
+
+/// Sends the upgrade request on `io` and reads and checks the response. Returns the bytes
+/// that followed the response head (frames the server sent right away).
+pub(super) async fn perform<S>(
+    io: &mut S,
+    target: &Target,
+    headers: &[(String, String)],
+) -> Result<BytesMut, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let key = new_key();
+    let offered = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .map(|(_, value)| value.as_str());
+    io.write_all(&request(target, &key, headers))
+        .await
+        .map_err(ClientError::io)?;
+    io.flush().await.map_err(ClientError::io)?;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        if io.read_buf(&mut buf).await.map_err(ClientError::io)? == 0 {
+            return Err(HandshakeError::Eof.into());
+        }
+        if let Some(len) = check_response(&buf, &key, offered)? {
+            let _ = buf.split_to(len);
+            return Ok(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn ok_response(extra: &str) -> String {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key(KEY), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn keys_are_random_16_bytes() {
+        let a = new_key();
+        let b = new_key();
+        assert_ne!(a, b);
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&a)
+            .expect("base64");
+        assert_eq!(raw.len(), 16);
+    }
+
+    #[test]
+    fn parses_urls() {
+        let t = Target::parse("ws://127.0.0.1:8080/ws").unwrap();
+        assert_eq!(
+            t,
+            Target {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 8080,
+                authority: "127.0.0.1:8080".into(),
+                path: "/ws".into(),
+            }
+        );
+        let t = Target::parse("wss://[::1]/x?token=a").unwrap();
+        assert!(t.tls);
+        assert_eq!((t.host.as_str(), t.port), ("::1", 443));
+        assert_eq!(t.authority, "[::1]");
+        assert_eq!(t.path, "/x?token=a");
+        let t = Target::parse("WS://example.com").unwrap();
+        assert_eq!((t.port, t.path.as_str()), (80, "/"));
+        for bad in [
+            "http://h/",
+            "h:80",
+            "ws://u:p@h/",
+            "ws://h/#f",
+            "ws://h:99999/",
+            "ws:///x",
+            "",
+            "ws://[]/",
+        ] {
+            let err = Target::parse(bad).unwrap_err();
+            assert_eq!(err.field(), "url", "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_has_the_required_headers() {
+        let t = Target::parse("ws://h:1/p?q").unwrap();
+        let req = request(&t, KEY, &[("Authorization".into(), "Bearer x".into())]);
+        let req = String::from_utf8(req).unwrap();
+        assert_eq!(
+            req,
+            "GET /p?q HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer x\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn accepts_a_valid_response_in_pieces() {
+        let resp = ok_response("");
+        for cut in 0..resp.len() {
+            assert_eq!(check_response(&resp.as_bytes()[..cut], KEY, None), Ok(None));
+        }
+        let mut full = resp.clone().into_bytes();
+        full.extend_from_slice(b"\x81\x02hi");
+        assert_eq!(check_response(&full, KEY, None), Ok(Some(resp.len())));
+        // Header names and tokens are case-insensitive; Connection may list several tokens.
+        let lower = "HTTP/1.1 101 OK\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\n\
+                     sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert!(check_response(lower.as_bytes(), KEY, None)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn rejects_bad_responses() {
+        let check = |resp: &str| check_response(resp.as_bytes(), KEY, None).unwrap_err();
+        assert_eq!(
+            check("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+            HandshakeError::Status(401)
+        );
+        assert_eq!(
+            check(
+                "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
+            ),
+            HandshakeError::BadAccept
+        );
+        assert_eq!(
+            check("HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"),
+            HandshakeError::MissingHeader("Sec-WebSocket-Accept")
+        );
+        assert_eq!(
+            check(
+                "HTTP/1.1 101 OK\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            ),
+            HandshakeError::MissingHeader("Upgrade: websocket")
+        );
+        assert_eq!(
+            check(
+                "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+            ),
+            HandshakeError::MissingHeader("Connection: Upgrade")
+        );
+        assert_eq!(
+            check(&ok_response(
+                "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+            )),
+            HandshakeError::UnexpectedExtension
+        );
+        assert_eq!(
+            check(&ok_response("Sec-WebSocket-Protocol: chat\r\n")),
+            HandshakeError::UnexpectedProtocol
+        );
+        assert!(matches!(
+            check("HTTP/1.0 101 OK\r\n\r\n"),
+            HandshakeError::Malformed(_)
+        ));
+        assert!(matches!(
+            check("garbage garbage\r\n\r\n"),
+            HandshakeError::Malformed(_)
+        ));
+        let huge = format!(
+            "HTTP/1.1 101 OK\r\nX: {}",
+            "a".repeat(MAX_RESPONSE_HEAD + 1)
+        );
+        assert_eq!(
+            check(&huge),
+            HandshakeError::TooLarge {
+                limit: MAX_RESPONSE_HEAD
+            }
+        );
+        let many: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert!(matches!(
+            check(&format!("HTTP/1.1 101 OK\r\n{many}\r\n")),
+            HandshakeError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn subprotocol_must_be_offered() {
+        let resp = ok_response("Sec-WebSocket-Protocol: chat\r\n");
+        assert!(
+            check_response(resp.as_bytes(), KEY, Some("superchat, chat"))
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            check_response(resp.as_bytes(), KEY, Some("other")),
+            Err(HandshakeError::UnexpectedProtocol)
+        );
+    }
+}

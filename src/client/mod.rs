@@ -1,0 +1,901 @@
+//! A reconnecting WebSocket client for wshub and go-ws servers (feature `client`).
+//!
+//! [`ReconnectingClient`] is go-ws's `ReconnectingClient` in Rust, and more:
+//!
+//! - it dials `ws://` or `wss://` (rustls), with extra request headers such as
+//!   `Authorization`, and reconnects with go-ws's backoff ([`Backoff`]) until it is closed
+//!   or [`max_retries`](ClientConfig::max_retries) runs out;
+//! - it remembers its subscriptions ([`subscribe`](ReconnectingClient::subscribe)) and
+//!   subscribes again after every reconnect, and it announces a connection only once the
+//!   server has confirmed those subscriptions (by answering a `ping` sent after them), so a
+//!   message published after [`Event::Reconnected`] is not missed;
+//! - it splits text frames on `\n`, so it reads go-ws's batched frames one message at a time;
+//! - it pings the server and replaces a connection on which nothing arrives for
+//!   [`keepalive_timeout`](ClientConfig::keepalive_timeout);
+//! - a misbehaving server (bad handshake, bad frames, oversized messages) produces a typed
+//!   [`ClientError`] in an event, then a reconnect; nothing panics.
+//!
+//! Everything the client observes arrives in order on one [`Events`] stream, which covers
+//! go-ws's four callbacks:
+//!
+//! | go-ws callback | [`Event`] |
+//! |---|---|
+//! | `OnConnect` | [`Event::Connected`], the first connection |
+//! | `OnReconnect(attempt)` | [`Event::Reconnected`]` { attempt }`, every later one (`attempt >= 1`) |
+//! | `OnDisconnect(err)` | [`Event::Disconnected`]`(error)`, every time a connection ends |
+//! | `OnMessage(msg)` | [`Event::Message`]`(message)`, one per message (per line) |
+//! | (none: go-ws only logs) | [`Event::ConnectFailed`]` { attempt, error, retry_in }` |
+//!
+//! # Examples
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use wshub::client::{Event, ReconnectingClient};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = ReconnectingClient::connect("ws://127.0.0.1:8080/ws")?;
+//! client.subscribe("news")?; // remembered; sent now and after every reconnect
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         Event::Message(message) => println!("{}", message.text().unwrap_or_default()),
+//!         Event::Connected | Event::Reconnected { .. } => {
+//!             client.send(r#"{"type":"ping"}"#).await?;
+//!         }
+//!         Event::Disconnected(why) => eprintln!("disconnected: {why}"),
+//!         Event::ConnectFailed { error, retry_in, .. } => eprintln!("{error}, retry in {retry_in:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! // The stream ends when the client stops; `closed` says why.
+//! client.closed().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Backpressure
+//! The client reads from the socket only as fast as the application takes events: when
+//! [`event_capacity`](ClientConfig::event_capacity) events wait, it stops reading, and the
+//! server sees a slow consumer. Time spent waiting for the application does not count against
+//! the keepalive timeout. Dropping the [`Events`] stream discards further events.
+//!
+//! # Cancel safety
+//! [`ReconnectingClient::send`] is cancel safe: if it is dropped before it returns, the
+//! message was not queued. [`ReconnectingClient::closed`] and [`Events::recv`] are cancel
+//! safe. Closing the client (or cancelling its token) sends a close frame and ends the task
+//! within [`close_timeout`](ClientConfig::close_timeout).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+mod config;
+mod connection;
+mod error;
+mod handshake;
+
+pub use config::{Backoff, ClientBuilder, ClientConfig};
+pub use error::{ClientError, HandshakeError, NotConnected};
+/// The rustls crate, for [`ClientConfig::tls`].
+pub use tokio_rustls::rustls;
+
+use crate::error::{ChannelNameError, ConfigError};
+use crate::frame::OpCode;
+use crate::message::channel::ChannelName;
+use handshake::Target;
+
+/// Where the client stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// No connection: waiting before the next dial, or stopped.
+    Disconnected,
+    /// Dialing, in the handshake, or waiting for the server to confirm the subscriptions.
+    Connecting,
+    /// Connected: [`ReconnectingClient::send`] works.
+    Connected,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            2 => State::Connected,
+            1 => State::Connecting,
+            _ => State::Disconnected,
+        }
+    }
+}
+
+/// Something the client observed, in order. See the [module docs](self) for how these map to
+/// go-ws's callbacks.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first connection is up: handshake done, subscriptions confirmed, `send` works.
+    Connected,
+    /// A later connection is up. `attempt` (at least 1) is the number of dials it took since
+    /// the previous connection ended: 1 when the immediate redial succeeded.
+    Reconnected {
+        /// Dials since the previous connection ended, this one included.
+        attempt: u32,
+    },
+    /// A message from the server: a binary message, a text message, or one line of a text
+    /// message (see [`ClientConfig::split_lines`]).
+    Message(ReceivedMessage),
+    /// An established connection ended, and why. [`ClientError::Closed`] means the
+    /// application closed the client; otherwise the client redials at once.
+    Disconnected(ClientError),
+    /// A dial failed (connect, TLS, handshake, or the connection died before it was
+    /// confirmed).
+    ConnectFailed {
+        /// Consecutive failed dials, this one included (starting at 1).
+        attempt: u32,
+        /// Why the dial failed.
+        error: ClientError,
+        /// When the client dials again; `None` when it gives up
+        /// ([`ClientConfig::max_retries`]) and stops with [`ClientError::MaxRetries`].
+        retry_in: Option<Duration>,
+    },
+}
+
+/// A message received from the server.
+///
+/// Cloning is a reference-count increment; the lines of one text frame share its buffer.
+/// `Debug` prints the length, not the content.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    payload: Bytes,
+    binary: bool,
+}
+
+impl ReceivedMessage {
+    /// A text message; `payload` is valid UTF-8.
+    fn new_text(payload: Bytes) -> Self {
+        ReceivedMessage {
+            payload,
+            binary: false,
+        }
+    }
+
+    fn new_binary(payload: Bytes) -> Self {
+        ReceivedMessage {
+            payload,
+            binary: true,
+        }
+    }
+
+    /// The text of a text message; `None` for a binary message.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(message: wshub::client::ReceivedMessage) {
+    /// if let Some(json) = message.text() {
+    ///     println!("{json}");
+    /// }
+    /// # }
+    /// ```
+    pub fn text(&self) -> Option<&str> {
+        if self.binary {
+            return None;
+        }
+        // The decoder validated the frame as UTF-8 and lines are split at ASCII newlines,
+        // so this check always succeeds.
+        std::str::from_utf8(&self.payload).ok()
+    }
+
+    /// The raw payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Consumes the message, returning its payload.
+    pub fn into_payload(self) -> Bytes {
+        self.payload
+    }
+
+    /// Whether this came in a binary frame.
+    pub fn is_binary(&self) -> bool {
+        self.binary
+    }
+}
+
+impl fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("len", &self.payload.len())
+            .field("binary", &self.binary)
+            .finish()
+    }
+}
+
+/// The stream of [`Event`]s of one [`ReconnectingClient`]. It ends when the client stops.
+///
+/// Implements [`futures_core::Stream`]; [`recv`](Self::recv) needs no extension trait.
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+    _alive: Arc<Alive>,
+}
+
+impl Events {
+    /// The next event, or `None` once the client has stopped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call loses no event.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # async fn f(mut events: wshub::client::Events) {
+    /// while let Some(event) = events.recv().await {
+    ///     eprintln!("{event:?}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+}
+
+impl futures_core::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("queued", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops the client when the last handle (client or event stream) is dropped.
+struct Alive(CancellationToken);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// State shared by the handles and the client's task.
+struct Shared {
+    /// `URL` without path and query (which may hold credentials), for `Debug`.
+    origin: String,
+    /// [`State`] as a `u8`. Relaxed: it is a report, nothing is published through it.
+    state: AtomicU8,
+    /// Cancelled by `close`, the builder's token, or dropping every handle.
+    cancel: CancellationToken,
+    /// The remembered subscriptions and the current connection's queue.
+    inner: Mutex<Inner>,
+    /// Copy of `Inner::version`, stored (Release) under the lock after each change; the task
+    /// loads it (Acquire) before writing each queued message, so a subscribe that happened
+    /// before a `send` reaches the server before that message.
+    subscriptions_version: AtomicU64,
+    /// Wakes the connection when the subscriptions change.
+    subscriptions_changed: Notify,
+    /// The task's final result, set once when it stops.
+    done: watch::Receiver<Option<Result<(), ClientError>>>,
+}
+
+struct Inner {
+    subscriptions: BTreeSet<ChannelName>,
+    /// Incremented on every change of `subscriptions`.
+    version: u64,
+    /// The live connection's outgoing queue; `None` when not connected.
+    sender: Option<mpsc::Sender<Bytes>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; if something did, the data is still valid.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    fn set_sender(&self, sender: Option<mpsc::Sender<Bytes>>) {
+        self.lock().sender = sender;
+    }
+
+    fn subscription_snapshot(&self) -> (BTreeSet<ChannelName>, u64) {
+        let inner = self.lock();
+        (inner.subscriptions.clone(), inner.version)
+    }
+
+    /// Applies `change` to the remembered set; returns its result and wakes the connection
+    /// if the set changed.
+    fn change_subscriptions(
+        &self,
+        change: impl FnOnce(&mut BTreeSet<ChannelName>) -> bool,
+    ) -> bool {
+        let mut inner = self.lock();
+        let changed = change(&mut inner.subscriptions);
+        if changed {
+            inner.version += 1;
+            self.subscriptions_version
+                .store(inner.version, Ordering::Release);
+        }
+        drop(inner);
+        if changed {
+            self.subscriptions_changed.notify_one();
+        }
+        changed
+    }
+}
+
+/// Sends events to the application without ever blocking a close.
+struct EventSink {
+    tx: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+}
+
+impl EventSink {
+    /// Waits for room in the event queue, unless the client is closing: then the event is
+    /// delivered only if there is room.
+    async fn emit(&self, event: Event) {
+        if self.cancel.is_cancelled() {
+            let _ = self.tx.try_send(event);
+            return;
+        }
+        tokio::select! {
+            _ = self.tx.send(event) => {}
+            () = self.cancel.cancelled() => {}
+        }
+    }
+}
+
+/// A WebSocket client that stays connected: it redials with backoff, subscribes again after
+/// every reconnect, and reports everything on its [`Events`] stream.
+///
+/// Start one with [`ReconnectingClient::connect`] or a [`ClientBuilder`]. The handle is cheap
+/// to clone; the client runs on its own task until [`close`](Self::close), the builder's
+/// cancellation token, [`ClientConfig::max_retries`], or until every handle and the event
+/// stream are dropped.
+///
+/// # Examples
+/// ```no_run
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use wshub::client::{Event, ReconnectingClient, State};
+///
+/// let (client, mut events) = ReconnectingClient::connect("ws://127.0.0.1:8080/ws")?;
+/// client.subscribe("process:42")?;
+/// while let Some(event) = events.recv().await {
+///     if let Event::Message(message) = event {
+///         println!("{}", message.text().unwrap_or_default());
+///         break;
+///     }
+/// }
+/// assert_eq!(client.state(), State::Connected);
+/// client.close();
+/// client.closed().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ReconnectingClient {
+    shared: Arc<Shared>,
+    _alive: Arc<Alive>,
+}
+
+impl ReconnectingClient {
+    /// Starts a client for `url` with the default configuration; see
+    /// [`ClientBuilder::connect`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] (field `"url"`) when `url` is not a valid `ws://` or `wss://` URL.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use wshub::client::{ReconnectingClient, State};
+    /// let (client, _events) = ReconnectingClient::connect("ws://127.0.0.1:9/ws").unwrap();
+    /// assert_ne!(client.state(), State::Connected);
+    /// client.close();
+    /// # }
+    /// ```
+    pub fn connect(url: &str) -> Result<(ReconnectingClient, Events), ConfigError> {
+        ClientBuilder::new().connect(url)
+    }
+
+    /// A [`ClientBuilder`] with the default configuration.
+    ///
+    /// # Examples
+    /// ```
+    /// use wshub::client::{ClientConfig, ReconnectingClient};
+    /// let builder = ReconnectingClient::builder().config(ClientConfig::default().max_retries(3));
+    /// # drop(builder);
+    /// ```
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// The current [`State`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use wshub::client::{ReconnectingClient, State};
+    /// let (client, _events) = ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.close();
+    /// client.closed().await.unwrap();
+    /// assert_eq!(client.state(), State::Disconnected);
+    /// # }
+    /// ```
+    pub fn state(&self) -> State {
+        State::from_u8(self.shared.state.load(Ordering::Relaxed))
+    }
+
+    /// Whether the client is connected (and [`send`](Self::send) would queue a message).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.close();
+    /// client.closed().await.unwrap();
+    /// assert!(!client.is_connected());
+    /// # }
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        self.state() == State::Connected
+    }
+
+    /// Sends a text message on the current connection.
+    ///
+    /// `Ok` means the message is queued on the live connection, not that the server got it:
+    /// if that connection drops before the message is written, the message is lost (go-ws
+    /// behaves the same). Nothing is ever queued for a future connection.
+    ///
+    /// # Errors
+    /// [`NotConnected`] when the client is not connected (go-ws: `"not connected"`), or the
+    /// connection ended while the call waited for room in the queue.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: when the call is dropped before it completes, the message is not queued.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use wshub::client::{NotConnected, ReconnectingClient};
+    /// let (client, _events) = ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.close();
+    /// assert_eq!(client.send(r#"{"type":"ping"}"#).await, Err(NotConnected));
+    /// # }
+    /// ```
+    pub async fn send(&self, text: &str) -> Result<(), NotConnected> {
+        self.send_frame(OpCode::Text, text.as_bytes()).await
+    }
+
+    /// Sends a binary message on the current connection; see [`send`](Self::send).
+    ///
+    /// # Errors
+    /// [`NotConnected`], as for [`send`](Self::send).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`send`](Self::send).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.close();
+    /// assert!(client.send_binary(&[1, 2, 3]).await.is_err());
+    /// # }
+    /// ```
+    pub async fn send_binary(&self, data: &[u8]) -> Result<(), NotConnected> {
+        self.send_frame(OpCode::Binary, data).await
+    }
+
+    async fn send_frame(&self, opcode: OpCode, payload: &[u8]) -> Result<(), NotConnected> {
+        let sender = self.shared.lock().sender.clone().ok_or(NotConnected)?;
+        let permit = sender.reserve().await.map_err(|_| NotConnected)?;
+        permit.send(connection::client_frame(opcode, payload));
+        Ok(())
+    }
+
+    /// Subscribes to `channel`, now if connected and again after every reconnect. Returns
+    /// `false` if the client was already subscribed (nothing is sent).
+    ///
+    /// The request is `{"type":"subscribe","channel":C,"data":C}`, which both wshub and go-ws
+    /// understand. It is sent before any message passed to [`send`](Self::send) after this
+    /// call.
+    ///
+    /// # Errors
+    /// [`ChannelNameError`] when `channel` is not 1–256 characters of `[A-Za-z0-9_.:-]`.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// assert_eq!(client.subscribe("news"), Ok(true));
+    /// assert_eq!(client.subscribe("news"), Ok(false));
+    /// assert!(client.subscribe("no spaces").is_err());
+    /// # client.close();
+    /// # }
+    /// ```
+    pub fn subscribe(&self, channel: &str) -> Result<bool, ChannelNameError> {
+        let channel = ChannelName::new(channel)?;
+        Ok(self.shared.change_subscriptions(|set| set.insert(channel)))
+    }
+
+    /// Unsubscribes from `channel`, now if connected, and forgets it. Returns `false` if the
+    /// client was not subscribed (nothing is sent).
+    ///
+    /// # Errors
+    /// [`ChannelNameError`] when `channel` is not a valid channel name.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.subscribe("news").unwrap();
+    /// assert_eq!(client.unsubscribe("news"), Ok(true));
+    /// assert_eq!(client.unsubscribe("news"), Ok(false));
+    /// # client.close();
+    /// # }
+    /// ```
+    pub fn unsubscribe(&self, channel: &str) -> Result<bool, ChannelNameError> {
+        let channel = ChannelName::new(channel)?;
+        Ok(self.shared.change_subscriptions(|set| set.remove(&channel)))
+    }
+
+    /// The remembered subscriptions, sorted.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.subscribe("b").unwrap();
+    /// client.subscribe("a").unwrap();
+    /// let names: Vec<String> = client.subscriptions().iter().map(|c| c.to_string()).collect();
+    /// assert_eq!(names, ["a", "b"]);
+    /// # client.close();
+    /// # }
+    /// ```
+    pub fn subscriptions(&self) -> Vec<ChannelName> {
+        self.shared.lock().subscriptions.iter().cloned().collect()
+    }
+
+    /// Stops the client: a live connection gets a close frame (code 1000) and the client
+    /// waits up to [`ClientConfig::close_timeout`] for the server's; a pending dial or backoff
+    /// is abandoned at once. Idempotent; returns immediately. Await
+    /// [`closed`](Self::closed) to know when the client has stopped.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.close();
+    /// assert!(client.closed().await.is_ok());
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// Waits until the client has stopped. `Ok(())` when it was closed (or cancelled);
+    /// the event stream has then delivered its last event.
+    ///
+    /// # Errors
+    /// [`ClientError::MaxRetries`] when the client gave up, carrying the last dial error.
+    /// [`ClientError::Closed`] if the task was dropped without finishing (the runtime shut
+    /// down).
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// use std::time::Duration;
+    /// use wshub::client::{ClientConfig, ClientError, ReconnectingClient};
+    ///
+    /// let config = ClientConfig::default().max_retries(1).initial_backoff(Duration::from_millis(10));
+    /// let (client, _events) = ReconnectingClient::builder().config(config).connect("ws://127.0.0.1:9/").unwrap();
+    /// let err = client.closed().await.unwrap_err();
+    /// assert!(matches!(err, ClientError::MaxRetries { retries: 1, .. }));
+    /// # }
+    /// ```
+    pub async fn closed(&self) -> Result<(), ClientError> {
+        let mut done = self.shared.done.clone();
+        let result = match done.wait_for(Option::is_some).await {
+            Ok(result) => result.clone(),
+            Err(_) => Some(Err(ClientError::Closed)),
+        };
+        result.unwrap_or(Err(ClientError::Closed))
+    }
+}
+
+impl fmt::Debug for ReconnectingClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReconnectingClient")
+            .field("server", &self.shared.origin)
+            .field("state", &self.state())
+            .field("subscriptions", &self.shared.lock().subscriptions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to reach the server: the parsed URL and the TLS connector.
+struct Dialer {
+    target: Target,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+/// A connection right after the handshake, with the bytes read past the response head.
+enum Dialed {
+    Plain(TcpStream, BytesMut),
+    Tls(Box<TlsStream<TcpStream>>, BytesMut),
+}
+
+impl Dialer {
+    fn new(target: Target, config: &ClientConfig) -> Result<Dialer, ConfigError> {
+        if !target.tls {
+            return Ok(Dialer { target, tls: None });
+        }
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+            ConfigError::new(
+                "url",
+                format!("{:?} is not a valid TLS server name: {e}", target.host),
+            )
+        })?;
+        let tls = match &config.tls {
+            Some(tls) => Arc::clone(tls),
+            None => default_tls()?,
+        };
+        Ok(Dialer {
+            target,
+            tls: Some((TlsConnector::from(tls), name)),
+        })
+    }
+
+    /// TCP connect, TLS, WebSocket handshake.
+    async fn dial(&self, headers: &[(String, String)]) -> Result<Dialed, ClientError> {
+        let target = &self.target;
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(ClientError::connect)?;
+        // Small messages go out at once; the writer already batches.
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => {
+                let mut tcp = tcp;
+                let rest = handshake::perform(&mut tcp, target, headers).await?;
+                Ok(Dialed::Plain(tcp, rest))
+            }
+            Some((connector, name)) => {
+                let mut tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(ClientError::tls)?;
+                let rest = handshake::perform(&mut tls, target, headers).await?;
+                Ok(Dialed::Tls(Box::new(tls), rest))
+            }
+        }
+    }
+}
+
+/// rustls with the ring provider and the webpki-roots (Mozilla) root certificates, built
+/// once per process.
+fn default_tls() -> Result<Arc<rustls::ClientConfig>, ConfigError> {
+    static DEFAULT: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+        .map_err(|e| ConfigError::new("tls", e))
+}
+
+/// Validates `url`, builds the shared state and spawns the client's task.
+fn start(
+    config: ClientConfig,
+    url: &str,
+    cancel: CancellationToken,
+) -> Result<(ReconnectingClient, Events), ConfigError> {
+    let target = Target::parse(url)?;
+    let dialer = Dialer::new(target, &config)?;
+    let (event_tx, event_rx) = mpsc::channel(config.event_capacity);
+    let (done_tx, done_rx) = watch::channel(None);
+    let origin = format!(
+        "{}://{}",
+        if dialer.target.tls { "wss" } else { "ws" },
+        dialer.target.authority
+    );
+    let shared = Arc::new(Shared {
+        origin,
+        state: AtomicU8::new(State::Disconnected as u8),
+        cancel: cancel.clone(),
+        inner: Mutex::new(Inner {
+            subscriptions: BTreeSet::new(),
+            version: 0,
+            sender: None,
+        }),
+        subscriptions_version: AtomicU64::new(0),
+        subscriptions_changed: Notify::new(),
+        done: done_rx,
+    });
+    let sink = EventSink {
+        tx: event_tx,
+        cancel: cancel.clone(),
+    };
+    let task_shared = Arc::clone(&shared);
+    tokio::spawn(async move {
+        let result = run(&task_shared, &dialer, &config, &sink).await;
+        task_shared.set_sender(None);
+        task_shared.set_state(State::Disconnected);
+        done_tx.send_replace(Some(result));
+        // `sink` drops here: the event stream ends after the last event.
+    });
+    let alive = Arc::new(Alive(cancel));
+    Ok((
+        ReconnectingClient {
+            shared,
+            _alive: Arc::clone(&alive),
+        },
+        Events {
+            rx: event_rx,
+            _alive: alive,
+        },
+    ))
+}
+
+/// The reconnect loop: dial, serve the connection, redial at once after a drop, back off
+/// after failed dials.
+async fn run(
+    shared: &Shared,
+    dialer: &Dialer,
+    config: &ClientConfig,
+    events: &EventSink,
+) -> Result<(), ClientError> {
+    let cancel = &shared.cancel;
+    let backoff = config.backoff();
+    // Whether a connection has gone live before (Connected vs Reconnected).
+    let mut ever_live = false;
+    // Consecutive failed dials since the last live connection.
+    let mut failures: u32 = 0;
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        shared.set_state(State::Connecting);
+        let dialed = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            dialed = tokio::time::timeout(config.connect_timeout, dialer.dial(&config.headers)) => {
+                dialed.unwrap_or(Err(ClientError::ConnectTimeout(config.connect_timeout)))
+            }
+        };
+        let announce = if ever_live {
+            Event::Reconnected {
+                attempt: failures.saturating_add(1),
+            }
+        } else {
+            Event::Connected
+        };
+        let error = match dialed {
+            Ok(dialed) => {
+                let (reason, live) = match dialed {
+                    Dialed::Plain(io, rest) => {
+                        connection::run(io, rest, shared, config, events, announce).await
+                    }
+                    Dialed::Tls(io, rest) => {
+                        Box::pin(connection::run(*io, rest, shared, config, events, announce)).await
+                    }
+                };
+                shared.set_state(State::Disconnected);
+                let closed = matches!(reason, ClientError::Closed) || cancel.is_cancelled();
+                if live {
+                    ever_live = true;
+                    failures = 0;
+                    events.emit(Event::Disconnected(reason)).await;
+                    if closed {
+                        return Ok(());
+                    }
+                    // The first redial after a drop is immediate.
+                    continue;
+                }
+                if closed {
+                    return Ok(());
+                }
+                // Died before it was confirmed: counts as a failed dial.
+                reason
+            }
+            Err(error) => error,
+        };
+        shared.set_state(State::Disconnected);
+        failures = failures.saturating_add(1);
+        if config.max_retries > 0 && failures > config.max_retries {
+            events
+                .emit(Event::ConnectFailed {
+                    attempt: failures,
+                    error: error.clone(),
+                    retry_in: None,
+                })
+                .await;
+            return Err(ClientError::MaxRetries {
+                retries: config.max_retries,
+                last: Box::new(error),
+            });
+        }
+        let delay = jittered(backoff.delay(failures), config.jitter);
+        events
+            .emit(Event::ConnectFailed {
+                attempt: failures,
+                error,
+                retry_in: Some(delay),
+            })
+            .await;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// `delay` shortened by a random fraction of up to `jitter` of it.
+fn jittered(delay: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return delay;
+    }
+    delay.mul_f64(1.0 - jitter.min(1.0) * rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let d = Duration::from_millis(1000);
+        assert_eq!(jittered(d, 0.0), d);
+        for _ in 0..1000 {
+            let j = jittered(d, 0.25);
+            assert!(j <= d && j >= Duration::from_millis(750), "{j:?}");
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        for s in [State::Disconnected, State::Connecting, State::Connected] {
+            assert_eq!(State::from_u8(s as u8), s);
+        }
+    }
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        fn assert_send<T: Send>() {}
+        assert_send_sync::<ReconnectingClient>();
+        assert_send_sync::<ClientError>();
+        assert_send_sync::<ClientConfig>();
+        assert_send::<Events>();
+        assert_send::<Event>();
+    }
+}
