@@ -327,6 +327,11 @@ async fn close_while_connected_ends_the_loop() {
 
     let (client, mut events) = start(fast(), &server2.ws_url());
     assert!(matches!(next_event(&mut events).await, Event::Connected));
+    // The client may see the 101 before the hub has registered it.
+    eventually("the hub sees the client", || {
+        server2.hub.client_count() == 1
+    })
+    .await;
     let id = server2.hub.clients()[0].id();
     client.close();
     timeout(WAIT, client.closed())
