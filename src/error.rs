@@ -29,6 +29,8 @@ pub enum Error {
     Json(JsonError),
     /// An I/O error (binding a listener, accepting, ...).
     Io(std::io::Error),
+    /// The broker (Redis) could not be reached or refused a request.
+    Broker(String),
 }
 
 impl fmt::Display for Error {
@@ -41,6 +43,7 @@ impl fmt::Display for Error {
             Error::Send(e) => e.fmt(f),
             Error::Json(e) => e.fmt(f),
             Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Broker(e) => write!(f, "broker error: {e}"),
         }
     }
 }
@@ -55,6 +58,7 @@ impl std::error::Error for Error {
             Error::Send(e) => Some(e),
             Error::Json(e) => Some(e),
             Error::Io(e) => Some(e),
+            Error::Broker(_) => None,
         }
     }
 }
@@ -198,6 +202,14 @@ pub enum PublishError {
     ChannelName(ChannelNameError),
     /// The hub is shutting down and accepts no new messages.
     ShuttingDown,
+    /// The broker (Redis) did not accept the message: this node's subscribers got it (as
+    /// `local` reports), other nodes did not.
+    Broker {
+        /// What the broker said.
+        reason: String,
+        /// What was delivered on this node.
+        local: crate::PublishReport,
+    },
 }
 
 impl fmt::Display for PublishError {
@@ -205,6 +217,11 @@ impl fmt::Display for PublishError {
         match self {
             PublishError::ChannelName(e) => e.fmt(f),
             PublishError::ShuttingDown => f.write_str("hub is shutting down"),
+            PublishError::Broker { reason, local } => write!(
+                f,
+                "not sent to other nodes ({reason}); delivered to {} local subscribers",
+                local.enqueued
+            ),
         }
     }
 }
@@ -213,7 +230,7 @@ impl std::error::Error for PublishError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PublishError::ChannelName(e) => Some(e),
-            PublishError::ShuttingDown => None,
+            PublishError::ShuttingDown | PublishError::Broker { .. } => None,
         }
     }
 }

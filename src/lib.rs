@@ -66,6 +66,7 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod broker;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
@@ -82,6 +83,7 @@ mod message;
 pub mod server;
 mod session;
 
+pub use broker::{BrokerCounters, RedisConfig};
 pub use bytes::Bytes;
 #[cfg(feature = "client")]
 pub use client::{ClientBuilder, ClientConfig, ReconnectingClient};

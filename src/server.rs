@@ -402,6 +402,14 @@ async fn api_publish(
         Err(e @ PublishError::ShuttingDown) => {
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
+        // Delivered on this node, not to the others: 503 with what this node delivered.
+        Err(ref e @ PublishError::Broker { ref local, .. }) => {
+            let body = serde_json::json!({ "error": e.to_string(), "local": local });
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }

@@ -5,10 +5,18 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use wshub::server::{Server, ServerConfig, TokenAuth};
-use wshub::{ChannelPattern, Hub, HubConfig, RateLimit, SlowConsumerPolicy};
+use wshub::{ChannelPattern, Hub, HubConfig, RateLimit, RedisConfig, SlowConsumerPolicy};
 
 /// `(identity, token)` pairs for the WebSocket endpoint.
 type Tokens = Vec<(String, String)>;
+
+/// Everything the command line configures.
+struct Args {
+    hub: HubConfig,
+    server: ServerConfig,
+    tokens: Tokens,
+    redis: Option<RedisConfig>,
+}
 
 const HELP: &str = "\
 wshub — WebSocket broadcast hub (go-ws compatible)
@@ -29,6 +37,12 @@ USAGE: wshub [OPTIONS]
   --max-subscriptions N       channels per client [default: 1024]
   --max-body-size BYTES       largest HTTP API request body [default: 1048576]
   --shutdown-timeout SECS     grace period for clients on SIGINT/SIGTERM [default: 10]
+
+Scaling out (several wshub nodes, one set of channels):
+  --redis URL                 use Redis pub/sub between nodes, e.g. redis://127.0.0.1:6379;
+                              repeat to shard channels over several Redis instances (every node
+                              must list the same URLs in the same order) [default: none]
+  --redis-prefix PREFIX       prefix of the Redis channel names [default: wshub:]
 
 Security:
   --auth-token ID=TOKEN       require a client token on /ws (repeatable); the token may come as
@@ -53,9 +67,15 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (hub_config, server_config, tokens) = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(configs)) => configs,
+    let Args {
+        hub: hub_config,
+        server: server_config,
+        tokens,
+        redis,
+    } = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wshub: {e}\nTry `wshub --help`.");
@@ -67,13 +87,9 @@ fn main() -> ExitCode {
         let auth = TokenAuth::new(tokens);
         builder = builder.authenticate(move |req| auth.check(req));
     }
-    let hub = match builder.build() {
-        Ok(hub) => hub,
-        Err(e) => {
-            eprintln!("wshub: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    if let Some(redis) = redis {
+        builder = builder.redis(redis);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,6 +101,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        let hub = match builder.connect().await {
+            Ok(hub) => hub,
+            Err(e @ wshub::Error::Config(_)) => {
+                eprintln!("wshub: {e}");
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("wshub: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let server = match Server::bind(hub, server_config).await {
             Ok(s) => s,
             Err(e) => {
@@ -134,9 +161,7 @@ async fn shutdown_signal() {
 
 /// Parses the command line; `Ok(None)` when `--help`/`--version` was printed.
 #[allow(clippy::print_stdout, reason = "--help and --version print to stdout")]
-fn parse_args(
-    args: impl Iterator<Item = String>,
-) -> Result<Option<(HubConfig, ServerConfig, Tokens)>, String> {
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut hub = HubConfig::default();
     let mut server = ServerConfig::default();
     server.api_key = std::env::var("WSHUB_API_KEY")
@@ -149,6 +174,7 @@ fn parse_args(
         }
     }
     let (mut rate, mut burst) = (100u32, 200u32);
+    let (mut redis_urls, mut redis_prefix) = (Vec::new(), None);
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -201,11 +227,25 @@ fn parse_args(
             "--rate-burst" => burst = number(&flag, &value()?)?,
             "--handshake-timeout" => server.handshake_timeout = secs(&flag, &value()?)?,
             "--max-header-size" => server.max_header_size = number(&flag, &value()?)?,
+            "--redis" => redis_urls.push(value()?),
+            "--redis-prefix" => redis_prefix = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     hub.rate_limit = (rate > 0).then(|| RateLimit::new(rate, burst));
-    Ok(Some((hub, server, tokens)))
+    let redis = (!redis_urls.is_empty()).then(|| {
+        let config = RedisConfig::new(redis_urls);
+        match redis_prefix {
+            Some(p) => config.prefix(p),
+            None => config,
+        }
+    });
+    Ok(Some(Args {
+        hub,
+        server,
+        tokens,
+        redis,
+    }))
 }
 
 fn id_token(flag: &str, v: &str) -> Result<(String, String), String> {

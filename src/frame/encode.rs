@@ -168,6 +168,23 @@ fn control_payload(payload: &[u8]) -> &[u8] {
     &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)]
 }
 
+/// The payload of a complete unmasked frame built by this module (skips its 2-, 4- or
+/// 10-byte header).
+///
+/// # Examples
+/// ```
+/// use wshub::frame::{encode, payload, OpCode};
+/// assert_eq!(payload(&encode(OpCode::Text, &[7; 300])), &[7; 300][..]);
+/// ```
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
 /// Encodes a masked (client-to-server) frame.
 ///
 /// Takes the raw opcode bits (only the low four are used), the FIN flag, the

@@ -27,7 +27,7 @@ mod mask;
 
 pub use codec::Decoder;
 pub use encode::{
-    close_frame, encode, encode_masked, encode_with, ping_frame, pong_frame, MAX_HEADER,
+    close_frame, encode, encode_masked, encode_with, payload, ping_frame, pong_frame, MAX_HEADER,
 };
 pub use mask::apply_mask;
 

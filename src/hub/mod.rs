@@ -11,14 +11,17 @@ pub(crate) mod registry;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 
+#[cfg(feature = "redis")]
+use crate::broker::RedisConfig;
+use crate::broker::{Broker, BrokerCounters};
 use crate::config::HubConfig;
 use crate::error::{ConfigError, PublishError, SubscribeError};
 use crate::frame::{self, close_code};
@@ -31,6 +34,10 @@ pub use client::Client;
 use client::ClientShared;
 use members::{MemberSet, Snapshot};
 use registry::Registry;
+
+/// Work a session waits for before reading its client's next request (e.g. a broker
+/// subscription being confirmed).
+pub(crate) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 type ConnectHook = Arc<dyn Fn(&Client) + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Client, &DisconnectReason) + Send + Sync>;
@@ -146,7 +153,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Counters {
-    /// Publishes and broadcasts accepted.
+    /// Messages this node delivered to its subscribers: publishes, broadcasts and messages
+    /// from other nodes (one per message, not per recipient).
     pub published: u64,
     /// Messages queued for clients (one per recipient).
     pub delivered: u64,
@@ -162,6 +170,8 @@ pub struct Counters {
     pub protocol_errors: u64,
     /// Hook calls that panicked (each was contained).
     pub hook_panics: u64,
+    /// The broker's counters (all zero without a broker).
+    pub broker: BrokerCounters,
 }
 
 #[derive(Default)]
@@ -198,6 +208,8 @@ struct HubInner {
     /// Connections accepted by `upgrade` and not yet ended (bounded by `max_connections`).
     open: AtomicUsize,
     counters: AtomicCounters,
+    /// Set once, right after construction, when a broker is configured.
+    broker: OnceLock<Arc<dyn Broker>>,
 }
 
 /// The WebSocket hub. Cheap to clone: every clone is the same hub.
@@ -226,6 +238,8 @@ pub struct Hub {
 pub struct HubBuilder {
     config: HubConfig,
     hooks: Hooks,
+    #[cfg(feature = "redis")]
+    redis: Option<RedisConfig>,
 }
 
 impl HubBuilder {
@@ -304,7 +318,20 @@ impl HubBuilder {
     ///
     /// # Errors
     /// [`ConfigError`] from [`HubConfig::validate`].
+    ///
+    /// A hub with a Redis broker needs a connection: build it with [`HubBuilder::connect`].
     pub fn build(self) -> Result<Hub, ConfigError> {
+        #[cfg(feature = "redis")]
+        if self.redis.is_some() {
+            return Err(ConfigError::new(
+                "redis",
+                "a hub with a Redis broker is built with `HubBuilder::connect().await`",
+            ));
+        }
+        self.build_unconnected()
+    }
+
+    fn build_unconnected(self) -> Result<Hub, ConfigError> {
         self.config.validate()?;
         Ok(Hub {
             inner: Arc::new(HubInner {
@@ -317,8 +344,50 @@ impl HubBuilder {
                 tracker: TaskTracker::new(),
                 open: AtomicUsize::new(0),
                 counters: AtomicCounters::default(),
+                broker: OnceLock::new(),
             }),
         })
+    }
+
+    /// Uses a Redis broker, so that publishes on any node reach subscribers on every node
+    /// (see the [`broker`](crate::broker) module for the guarantees). Build the hub with
+    /// [`HubBuilder::connect`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(mut self, config: RedisConfig) -> Self {
+        self.redis = Some(config);
+        self
+    }
+
+    /// Validates the configuration, connects the broker (if one is configured) and builds the
+    /// hub. Without a broker this is [`HubBuilder::build`].
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for an invalid configuration;
+    /// [`Error::Broker`](crate::Error::Broker) when Redis cannot be reached (no retry at
+    /// start: a node that cannot reach its broker should not pretend to serve).
+    pub async fn connect(self) -> Result<Hub, crate::Error> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.redis.clone() {
+            redis.validate()?;
+            let hub = HubBuilder {
+                redis: None,
+                ..self
+            }
+            .build_unconnected()?;
+            let weak = Arc::downgrade(&hub.inner);
+            let deliver: crate::broker::Deliver = Arc::new(move |channel, json| {
+                if let Some(inner) = weak.upgrade() {
+                    Hub { inner }.deliver_remote(channel, json);
+                }
+            });
+            let broker = crate::broker::redis::RedisBroker::connect(&redis, deliver)
+                .await
+                .map_err(crate::Error::Broker)?;
+            let _ = hub.inner.broker.set(Arc::new(broker));
+            return Ok(hub);
+        }
+        Ok(self.build()?)
     }
 }
 
@@ -365,6 +434,8 @@ impl Hub {
         HubBuilder {
             config: HubConfig::default(),
             hooks: Hooks::default(),
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -378,21 +449,40 @@ impl Hub {
     /// Publishes `message` to every subscriber of `channel` (go-ws `SendToChannel`): the
     /// message's `channel` field is set to `channel`. No subscribers is not an error.
     ///
-    /// Resolves as soon as the message is queued for every local subscriber; it never waits
-    /// for a client.
+    /// The message is queued for every local subscriber at once (it never waits for a
+    /// client) and the report says exactly what happened on this node. With a broker, the
+    /// message is then handed to the broker for the other nodes and the future resolves once
+    /// the broker accepted it.
     ///
     /// # Errors
-    /// [`PublishError`] for an invalid channel name or a hub that is shutting down; then no
-    /// client got the message.
+    /// [`PublishError`] for an invalid channel name or a hub that is shutting down (then no
+    /// client got the message), or [`PublishError::Broker`] when the broker did not accept
+    /// it: this node's subscribers got it (the error carries the local report), other nodes
+    /// did not.
     ///
     /// # Cancel safety
-    /// Cancel safe: the message is delivered in the first poll or not at all.
+    /// Local delivery happens in the first poll. Dropping the future later may leave the
+    /// message undelivered to other nodes.
     pub async fn publish(
         &self,
         channel: &str,
         message: &Message,
     ) -> Result<PublishReport, PublishError> {
-        self.publish_local(channel, message)
+        self.accepting()?;
+        validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        let Some(broker) = self.inner.broker.get() else {
+            return Ok(self.publish_frame(
+                Some(channel),
+                &message.encode_frame(Some(channel), SystemTime::now()),
+            ));
+        };
+        let frame = message.encode_frame(Some(channel), SystemTime::now());
+        let local = self.publish_frame(Some(channel), &frame);
+        broker
+            .publish(Some(channel), frame::payload(&frame))
+            .await
+            .map_err(|reason| PublishError::Broker { reason, local })?;
+        Ok(local)
     }
 
     /// Like [`Hub::publish`], synchronously, to this node's subscribers only.
@@ -406,19 +496,39 @@ impl Hub {
     ) -> Result<PublishReport, PublishError> {
         self.accepting()?;
         validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
-        self.inner
-            .counters
-            .published
-            .fetch_add(1, Ordering::Relaxed);
         let Some(ch) = self.inner.channels.get(channel) else {
+            self.inner
+                .counters
+                .published
+                .fetch_add(1, Ordering::Relaxed);
             return Ok(PublishReport::default());
         };
-        let members = ch.members.load();
-        if members.len() == 0 {
-            return Ok(PublishReport::default());
-        }
         let frame = message.encode_frame(Some(channel), SystemTime::now());
-        Ok(self.deliver(&members, &frame))
+        Ok(self.deliver_to(&ch.members.load(), &frame))
+    }
+
+    /// Delivers an encoded frame to this node's subscribers of `channel` (every client for
+    /// `None`).
+    fn publish_frame(&self, channel: Option<&str>, frame: &Bytes) -> PublishReport {
+        match channel {
+            Some(c) => match self.inner.channels.get(c) {
+                Some(ch) => self.deliver_to(&ch.members.load(), frame),
+                None => {
+                    self.inner
+                        .counters
+                        .published
+                        .fetch_add(1, Ordering::Relaxed);
+                    PublishReport::default()
+                }
+            },
+            None => self.deliver_to(&self.inner.clients.load(), frame),
+        }
+    }
+
+    /// A message from another node (through the broker): framed once, delivered locally.
+    pub(crate) fn deliver_remote(&self, channel: Option<&str>, json: &[u8]) {
+        let frame = frame::encode_with(frame::OpCode::Text, json.len(), |buf| buf.put_slice(json));
+        self.publish_frame(channel, &frame);
     }
 
     /// Sends `message` to every connected client (go-ws `Broadcast`), unchanged.
@@ -429,7 +539,16 @@ impl Hub {
     /// # Cancel safety
     /// Cancel safe, as [`Hub::publish`].
     pub async fn broadcast(&self, message: &Message) -> Result<PublishReport, PublishError> {
-        self.broadcast_local(message)
+        self.accepting()?;
+        let frame = message.encode_frame(None, SystemTime::now());
+        let local = self.publish_frame(None, &frame);
+        if let Some(broker) = self.inner.broker.get() {
+            broker
+                .publish(None, frame::payload(&frame))
+                .await
+                .map_err(|reason| PublishError::Broker { reason, local })?;
+        }
+        Ok(local)
     }
 
     /// Like [`Hub::broadcast`], synchronously, to this node's clients only.
@@ -438,16 +557,8 @@ impl Hub {
     /// As [`Hub::broadcast`].
     pub fn broadcast_local(&self, message: &Message) -> Result<PublishReport, PublishError> {
         self.accepting()?;
-        self.inner
-            .counters
-            .published
-            .fetch_add(1, Ordering::Relaxed);
-        let members = self.inner.clients.load();
-        if members.len() == 0 {
-            return Ok(PublishReport::default());
-        }
         let frame = message.encode_frame(None, SystemTime::now());
-        Ok(self.deliver(&members, &frame))
+        Ok(self.publish_frame(None, &frame))
     }
 
     /// go-ws `SendProcessOutput`: publishes [`Message::process_output`] to `process:<id>`.
@@ -501,7 +612,11 @@ impl Hub {
     }
 
     /// Queues one shared frame for every member of `members`.
-    fn deliver(&self, members: &Snapshot, frame: &Bytes) -> PublishReport {
+    fn deliver_to(&self, members: &Snapshot, frame: &Bytes) -> PublishReport {
+        self.inner
+            .counters
+            .published
+            .fetch_add(1, Ordering::Relaxed);
         let mut report = PublishReport::default();
         let mut slow = 0;
         for client in members.iter() {
@@ -536,8 +651,13 @@ impl Hub {
     /// # Errors
     /// [`SubscribeError`]: invalid channel name, the client's subscription limit
     /// ([`HubConfig::max_subscriptions`]) reached, or the client is closed.
+    ///
+    /// With a broker, the first subscriber of a channel on this node also subscribes the node
+    /// in the broker; messages other nodes publish reach it once the broker confirmed that
+    /// (clients that subscribe with a `subscribe` message get no reply before then).
     pub fn subscribe(&self, client: &Client, channel: &str) -> Result<bool, SubscribeError> {
         self.subscribe_shared(client.shared(), channel)
+            .map(|(added, _)| added)
     }
 
     /// Unsubscribes `client` from `channel`. Idempotent: `Ok(false)` if it was not
@@ -549,11 +669,13 @@ impl Hub {
         self.unsubscribe_shared(client.shared(), channel)
     }
 
+    /// Subscribes; with a broker, the first local subscriber of a channel also returns a
+    /// future that resolves once the broker delivers the channel to this node.
     pub(crate) fn subscribe_shared(
         &self,
         client: &Arc<ClientShared>,
         channel: &str,
-    ) -> Result<bool, SubscribeError> {
+    ) -> Result<(bool, Option<Pending>), SubscribeError> {
         let config = &self.inner.config;
         let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
         let mut subs = client.subscriptions();
@@ -561,16 +683,30 @@ impl Hub {
             return Err(SubscribeError::ClientClosed);
         }
         if subs.channels.contains(channel) {
-            return Ok(false);
+            return Ok((false, None));
         }
         if subs.channels.len() >= config.max_subscriptions {
             return Err(SubscribeError::TooManySubscriptions {
                 limit: config.max_subscriptions,
             });
         }
-        self.inner.channels.join(&name, client);
+        let broker = self.inner.broker.get();
+        let mut pending = None;
+        self.inner.channels.join(&name, client, || {
+            pending = broker.map(|b| b.subscribe(&name));
+        });
         subs.channels.insert(name);
-        Ok(true)
+        Ok((true, pending))
+    }
+
+    /// Removes client `id` from `channel`; the last local subscriber unsubscribes the broker.
+    fn leave_channel(&self, channel: &str, id: u64) {
+        let broker = self.inner.broker.get();
+        self.inner.channels.leave(channel, id, || {
+            if let Some(b) = broker {
+                b.unsubscribe(channel);
+            }
+        });
     }
 
     pub(crate) fn unsubscribe_shared(
@@ -583,7 +719,7 @@ impl Hub {
         if !subs.channels.remove(channel) {
             return Ok(false);
         }
-        self.inner.channels.leave(channel, client.id);
+        self.leave_channel(channel, client.id);
         Ok(true)
     }
 
@@ -649,6 +785,12 @@ impl Hub {
             disconnections: get(&c.disconnections),
             protocol_errors: get(&c.protocol_errors),
             hook_panics: get(&c.hook_panics),
+            broker: self
+                .inner
+                .broker
+                .get()
+                .map(|b| b.counters())
+                .unwrap_or_default(),
         }
     }
 
@@ -771,7 +913,7 @@ impl Hub {
         }
         let channels = std::mem::take(&mut client.subscriptions().channels);
         for channel in &channels {
-            inner.channels.leave(channel, client.id);
+            self.leave_channel(channel, client.id);
         }
         inner.clients.remove(client.id);
         inner
@@ -822,6 +964,10 @@ impl Hub {
         let mut allowed = false;
         self.guarded(|| allowed = hook(&handle, channel, action));
         allowed
+    }
+
+    pub(crate) fn has_broker(&self) -> bool {
+        self.inner.broker.get().is_some()
     }
 
     pub(crate) fn has_message_hook(&self) -> bool {

@@ -70,8 +70,15 @@ impl Registry {
         self.shard(name).map.load().get(name).cloned()
     }
 
-    /// Adds `client` to channel `name`, creating the channel; `false` if already a member.
-    pub(crate) fn join(&self, name: &ChannelName, client: &Arc<ClientShared>) -> bool {
+    /// Adds `client` to channel `name`, creating the channel (then `on_create` runs, under
+    /// the shard lock, so creations and deletions of one channel are seen in order); `false`
+    /// if already a member.
+    pub(crate) fn join(
+        &self,
+        name: &ChannelName,
+        client: &Arc<ClientShared>,
+        on_create: impl FnOnce(),
+    ) -> bool {
         let shard = self.shard(name);
         let _guard = Self::lock(shard);
         let map = shard.map.load();
@@ -88,12 +95,13 @@ impl Registry {
         shard.map.store(Arc::new(next));
         // Relaxed: the count is a statistic; the map itself is the source of truth.
         self.count.fetch_add(1, Ordering::Relaxed);
+        on_create();
         true
     }
 
-    /// Removes client `id` from channel `name`, deleting the channel when it empties; `false`
-    /// if it was not a member.
-    pub(crate) fn leave(&self, name: &str, id: u64) -> bool {
+    /// Removes client `id` from channel `name`, deleting the channel when it empties (then
+    /// `on_delete` runs, under the shard lock); `false` if it was not a member.
+    pub(crate) fn leave(&self, name: &str, id: u64, on_delete: impl FnOnce()) -> bool {
         let shard = self.shard(name);
         let _guard = Self::lock(shard);
         let map = shard.map.load();
@@ -108,6 +116,7 @@ impl Registry {
             next.remove(name);
             shard.map.store(Arc::new(next));
             self.count.fetch_sub(1, Ordering::Relaxed);
+            on_delete();
         }
         true
     }

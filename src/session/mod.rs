@@ -177,6 +177,9 @@ struct Session<S> {
     reason: Option<DisconnectReason>,
     /// Inbound rate limit, when configured.
     limiter: Option<TokenBucket>,
+    /// A request still being carried out (broker round trip); the client's next request is
+    /// read when it completes. Resolves to an error reply, if any.
+    pending: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>>,
 }
 
 /// A token bucket refilled continuously at `rate` tokens per second up to `burst`.
@@ -240,6 +243,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             fail_fast: false,
             reason: None,
             limiter: config.rate_limit.map(|l| TokenBucket::new(l, now)),
+            pending: None,
             hub,
             client,
         }
@@ -257,7 +261,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn drive(&mut self, cx: &mut Context<'_>) -> Result<(), DisconnectReason> {
         loop {
             let mut progress = false;
-            if self.reading {
+            if let Some(pending) = &mut self.pending {
+                if let Poll::Ready(error) = pending.as_mut().poll(cx) {
+                    self.pending = None;
+                    if let Some(reason) = error {
+                        self.reply_error(&reason);
+                    }
+                    progress = true;
+                }
+            }
+            if self.reading && self.pending.is_none() {
                 progress |= self.read(cx)?;
             }
             progress |= self.write(cx)?;
@@ -315,7 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn decode_buffered(&mut self) {
-        while self.reading {
+        while self.reading && self.pending.is_none() {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => break,
@@ -398,9 +411,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Request::Subscribe(channel) => {
                 if hub.channel_allowed(&self.client, &channel, ChannelAction::Subscribe) {
-                    hub.subscribe_shared(&self.client, &channel)
-                        .map(drop)
-                        .map_err(|e| e.to_string())
+                    match hub.subscribe_shared(&self.client, &channel) {
+                        Ok((_, wait)) => {
+                            // The next request is read once the broker confirmed, so a client
+                            // that saw the answer to a later request receives every message
+                            // published (on any node) after that.
+                            if let Some(wait) = wait {
+                                self.pending = Some(Box::pin(async move {
+                                    wait.await;
+                                    None
+                                }));
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
                 } else {
                     Err(format!("not allowed to subscribe to {:?}", &*channel))
                 }
@@ -427,7 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn client_publish(
-        &self,
+        &mut self,
         channel: &str,
         data: Option<&serde_json::value::RawValue>,
     ) -> Result<(), String> {
@@ -442,10 +467,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(data) = data {
             message = message.with_data(Json::parse(data.get()).map_err(|e| e.to_string())?);
         }
-        self.hub
-            .publish_local(channel, &message)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        if !self.hub.has_broker() {
+            return self
+                .hub
+                .publish_local(channel, &message)
+                .map(drop)
+                .map_err(|e| e.to_string());
+        }
+        // Through the broker: the next request is read once the broker accepted it.
+        let (hub, channel) = (self.hub.clone(), channel.to_owned());
+        self.pending = Some(Box::pin(async move {
+            hub.publish(&channel, &message)
+                .await
+                .err()
+                .map(|e| e.to_string())
+        }));
+        Ok(())
     }
 
     /// Takes a token from the rate limiter; on refusal counts a strike, and closes the

@@ -6,6 +6,8 @@
 //! polling step of [`eventually`]).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,257 @@
+//! Brokers: where publishes go besides this node's own subscribers.
+//!
+//! The default is no broker (the in-memory hub: one node, no other service). With the Redis
+//! broker ([`RedisConfig`], feature `redis`), every publish on any node reaches every
+//! subscriber on every node:
+//!
+//! - **Local first, then Redis, with origin de-duplication.** A publish is delivered to this
+//!   node's subscribers at once (the exact [`PublishReport`](crate::PublishReport) is local) and
+//!   published to Redis once, tagged with this node's id; every other node delivers what Redis
+//!   returns, and this node ignores its own messages. Local delivery therefore never waits for
+//!   Redis and keeps working while Redis is down, and nobody gets a message twice.
+//! - **Interest-based subscriptions.** A node subscribes in Redis only to channels that have
+//!   local subscribers (plus one broadcast channel): the first local join subscribes, and the
+//!   client's subscribe completes only once Redis confirmed it; the last leave unsubscribes.
+//!   Subscribe/unsubscribe commands for a channel are issued in the order the joins and leaves
+//!   happened, so a leave racing a join cannot leave the node unsubscribed.
+//! - **Encode once per node.** The origin sends the exact JSON text; each node frames it once
+//!   and shares it with all its subscribers.
+//! - **Sharding.** With several Redis URLs, channels are spread over them by consistent hashing
+//!   (the same on every node); broadcasts use the first.
+//! - **Outages.** Redis unreachable at start is an error. If Redis is lost while running, local
+//!   delivery continues; a publish still reaches this node's subscribers and returns
+//!   [`PublishError::Broker`](crate::PublishError::Broker) (with the local report), so nothing
+//!   vanishes silently. The node reconnects with exponential backoff (100 ms to 5 s) and
+//!   re-subscribes every channel that has local subscribers. Messages other nodes published
+//!   while this node was disconnected are not replayed (Redis pub/sub does not keep them).
+
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::ConfigError;
+
+/// Delivers a message that arrived from another node to this node's subscribers:
+/// `(channel or None for a broadcast, exact JSON text)`.
+pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, &[u8]) + Send + Sync>;
+
+/// What a broker does for the hub.
+pub(crate) trait Broker: Send + Sync {
+    /// Sends the JSON text to the other nodes; resolves once the broker accepted it.
+    fn publish<'a>(
+        &'a self,
+        channel: Option<&'a str>,
+        json: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+    /// The first local subscriber joined `channel`. Called under the channel registry's lock,
+    /// so it only queues the request; the future resolves once the subscription is active.
+    fn subscribe(&self, channel: &str) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    /// The last local subscriber left `channel` (called under the registry's lock).
+    fn unsubscribe(&self, channel: &str);
+    /// Counters since the broker started.
+    fn counters(&self) -> BrokerCounters;
+}
+
+/// Broker counters (all zero without a broker).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BrokerCounters {
+    /// Messages this node published to the broker.
+    pub published: u64,
+    /// Publishes the broker refused or that failed (Redis unreachable).
+    pub publish_errors: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Subscriber reconnections after a lost connection.
+    pub reconnects: u64,
+    /// Shards whose subscriber connection is up.
+    pub connected_shards: usize,
+    /// Configured shards.
+    pub shards: usize,
+}
+
+/// Configuration of the Redis broker.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Redis URLs (`redis://host:port/db`, `redis+unix:///path`); several shard channels over
+    /// the instances by consistent hashing. Every node must list the same URLs in the same
+    /// order.
+    pub urls: Vec<String>,
+    /// Prefix of every Redis channel name wshub uses. The default value is `"wshub:"`.
+    pub prefix: String,
+    /// Time limit for connecting and for each command. The default value is 2 s.
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    /// A configuration with one or more Redis URLs and the defaults.
+    pub fn new<S: Into<String>>(urls: impl IntoIterator<Item = S>) -> Self {
+        RedisConfig {
+            urls: urls.into_iter().map(Into::into).collect(),
+            prefix: "wshub:".to_owned(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets [`prefix`](Self::prefix) (default `"wshub:"`).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`timeout`](Self::timeout) (default 2 s).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.urls.is_empty() {
+            return Err(ConfigError::new("redis.urls", "at least one URL is needed"));
+        }
+        for url in &self.urls {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                return Err(ConfigError::new(
+                    "redis.urls",
+                    format!("{url:?} is not a redis://, rediss:// or redis+unix:// URL"),
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new(
+                "redis.timeout",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords: show hosts only.
+        let hosts: Vec<&str> = self
+            .urls
+            .iter()
+            .map(|u| u.rsplit_once('@').map_or(u.as_str(), |(_, host)| host))
+            .collect();
+        f.debug_struct("RedisConfig")
+            .field("hosts", &hosts)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A consistent-hash ring mapping channel names to shard indexes; identical on every node
+/// for the same URL list (a fixed hash, not a per-process random one).
+#[derive(Debug, Clone)]
+pub(crate) struct Ring {
+    points: Vec<(u64, usize)>,
+}
+
+impl Ring {
+    /// Virtual points per shard: enough to spread channels within a few percent.
+    const POINTS: usize = 160;
+
+    pub(crate) fn new(shards: &[String]) -> Self {
+        let mut points: Vec<(u64, usize)> = shards
+            .iter()
+            .enumerate()
+            .flat_map(|(i, url)| {
+                (0..Self::POINTS).map(move |p| (stable_hash(format!("{url}#{p}").as_bytes()), i))
+            })
+            .collect();
+        points.sort_unstable();
+        Ring { points }
+    }
+
+    /// The shard that owns `channel`.
+    pub(crate) fn shard(&self, channel: &str) -> usize {
+        let h = stable_hash(channel.as_bytes());
+        let i = self.points.partition_point(|&(p, _)| p < h);
+        self.points
+            .get(i)
+            .or(self.points.first())
+            .map_or(0, |&(_, s)| s)
+    }
+}
+
+/// FNV-1a followed by the murmur3 64-bit finaliser: FNV alone barely changes the high bits
+/// when only the last bytes differ (`room-1`, `room-2`), which would put such channels on
+/// one arc of the ring.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_is_deterministic_and_spreads_channels() {
+        let urls: Vec<String> = (0..3)
+            .map(|i| format!("redis://127.0.0.1:{}", 7000 + i))
+            .collect();
+        let ring = Ring::new(&urls);
+        let again = Ring::new(&urls);
+        let mut counts = [0usize; 3];
+        for i in 0..30_000 {
+            let name = format!("room:{i}");
+            assert_eq!(ring.shard(&name), again.shard(&name));
+            counts[ring.shard(&name)] += 1;
+        }
+        for c in counts {
+            assert!((7_000..13_000).contains(&c), "{counts:?}");
+        }
+        // Names that differ only in their last characters spread too.
+        let mut small = [0usize; 3];
+        for i in 0..40 {
+            small[ring.shard(&format!("shard-test-{i}"))] += 1;
+        }
+        assert!(small.iter().all(|&c| c >= 5), "{small:?}");
+        // Adding a shard moves only about a quarter of the channels.
+        let mut more = urls.clone();
+        more.push("redis://127.0.0.1:7003".into());
+        let bigger = Ring::new(&more);
+        let moved = (0..30_000)
+            .filter(|i| {
+                let name = format!("room:{i}");
+                ring.shard(&name) != bigger.shard(&name)
+            })
+            .count();
+        assert!((4_000..11_000).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(RedisConfig::new(["redis://127.0.0.1:6379"])
+            .validate()
+            .is_ok());
+        assert!(RedisConfig::new(Vec::<String>::new()).validate().is_err());
+        assert!(RedisConfig::new(["http://x"]).validate().is_err());
+        let dbg = format!("{:?}", RedisConfig::new(["redis://:pw@10.0.0.1:6379"]));
+        assert!(!dbg.contains("pw"), "{dbg}");
+    }
+}

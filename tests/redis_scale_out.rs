@@ -1,0 +1,355 @@
+//! Several wshub nodes over a real Redis (each test starts its own `redis-server` on a free
+//! port): cross-node delivery exactly once and in order, broadcasts, interest-based Redis
+//! subscriptions, sharding over two Redis instances, outage and recovery, late joiners.
+
+mod support;
+
+use std::time::Duration;
+
+use support::redis_server::RedisServer;
+use support::*;
+use wshub::{Hub, Json, Message, PublishError, RedisConfig};
+
+async fn node(urls: &[String]) -> TestServer {
+    let config = RedisConfig::new(urls.to_vec()).timeout(Duration::from_millis(500));
+    let hub = Hub::builder()
+        .redis(config)
+        .connect()
+        .await
+        .expect("connect to Redis");
+    TestServer::start(hub).await
+}
+
+fn numbered(i: usize) -> Message {
+    Message::new("event").with_data(Json::parse(i.to_string()).unwrap())
+}
+
+/// Receives `n` messages and returns their `data` numbers.
+async fn numbers(ws: &mut Ws, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            recv_json(ws).await["data"]
+                .as_u64()
+                .expect("numbered message"),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut on_a = a.connect().await;
+    let mut on_b = b.connect().await;
+    subscribe(&mut on_a, "room").await;
+    subscribe(&mut on_b, "room").await;
+    for i in 0..300 {
+        let report = b.hub.publish("room", &numbered(i)).await.unwrap();
+        assert_eq!(report.enqueued, 1, "the local report counts this node only");
+    }
+    let expected: Vec<u64> = (0..300).collect();
+    assert_eq!(
+        numbers(&mut on_a, 300).await,
+        expected,
+        "remote node: all, in order"
+    );
+    assert_eq!(
+        numbers(&mut on_b, 300).await,
+        expected,
+        "origin node: all, once"
+    );
+    // Nothing is delivered twice.
+    expect_silence(&mut on_a, Duration::from_millis(200)).await;
+    expect_silence(&mut on_b, Duration::from_millis(50)).await;
+    assert_eq!(a.hub.counters().broker.received, 300);
+    assert_eq!(
+        b.hub.counters().broker.received,
+        0,
+        "a node ignores its own messages"
+    );
+    for ws in [on_a, on_b] {
+        close(ws).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn client_publish_and_http_publish_cross_nodes_too() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let config = RedisConfig::new(urls.to_vec());
+    let hub = Hub::builder()
+        .config(wshub::HubConfig::default().client_publish(vec!["chat:*".parse().unwrap()]))
+        .redis(config)
+        .connect()
+        .await
+        .unwrap();
+    let a = TestServer::start(hub).await;
+    let b = node(&urls).await;
+    let mut listener = b.connect().await;
+    subscribe(&mut listener, "chat:1").await;
+    let mut talker = a.connect().await;
+    send(
+        &mut talker,
+        r#"{"type":"publish","channel":"chat:1","data":"hi"}"#,
+    )
+    .await;
+    sync(&mut talker).await;
+    assert_eq!(
+        mask_timestamp(&recv(&mut listener).await),
+        r#"{"type":"event","channel":"chat:1","data":"hi","timestamp":"TS"}"#
+    );
+    let (status, body) = http(
+        a.addr,
+        "POST",
+        "/api/publish",
+        &[],
+        br#"{"channel":"chat:1","data":2}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"enqueued":0,"dropped":0,"disconnected":0}"#)
+    );
+    assert_eq!(recv_json(&mut listener).await["data"], 2);
+    close(listener).await;
+    close(talker).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_clients_on_all_three_nodes() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let nodes = [node(&urls).await, node(&urls).await, node(&urls).await];
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut ws = n.connect().await;
+        sync(&mut ws).await;
+        clients.push(ws);
+    }
+    nodes[1]
+        .hub
+        .send_event("deploy", &Json::string("v2"))
+        .await
+        .unwrap();
+    for ws in &mut clients {
+        assert_eq!(
+            mask_timestamp(&recv(ws).await),
+            r#"{"type":"event","data":{"data":"v2","event":"deploy"},"timestamp":"TS"}"#
+        );
+    }
+    for ws in clients {
+        close(ws).await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_subscriptions_follow_local_interest() {
+    let redis = RedisServer::start().await;
+    let a = node(&[redis.url()]).await;
+    assert_eq!(
+        redis.channels().await,
+        ["wshub:b"],
+        "only the broadcast channel at start"
+    );
+    let mut c1 = a.connect().await;
+    let mut c2 = a.connect().await;
+    subscribe(&mut c1, "news").await;
+    // The subscribe completed only after Redis confirmed it.
+    assert_eq!(redis.channels().await, ["wshub:b", "wshub:c:news"]);
+    subscribe(&mut c2, "news").await;
+    unsubscribe(&mut c1, "news").await;
+    assert_eq!(
+        redis.channels().await,
+        ["wshub:b", "wshub:c:news"],
+        "one local subscriber left"
+    );
+    close(c2).await; // the last local subscriber leaves by disconnecting
+    let mut last = Vec::new();
+    for _ in 0..200 {
+        last = redis.channels().await;
+        if last == ["wshub:b"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        last,
+        ["wshub:b"],
+        "the last local leave unsubscribes in Redis"
+    );
+    // Join, leave and join again in quick succession: the node ends up subscribed.
+    for _ in 0..20 {
+        subscribe(&mut c1, "flap").await;
+        unsubscribe(&mut c1, "flap").await;
+    }
+    subscribe(&mut c1, "flap").await;
+    assert!(redis.channels().await.contains(&"wshub:c:flap".to_owned()));
+    let b = node(&[redis.url()]).await;
+    b.hub.publish("flap", &numbered(7)).await.unwrap();
+    assert_eq!(numbers(&mut c1, 1).await, [7]);
+    close(c1).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn with_two_redis_shards_every_channel_works() {
+    let (r1, r2) = (RedisServer::start().await, RedisServer::start().await);
+    let urls = [r1.url(), r2.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut ws = a.connect().await;
+    let channels: Vec<String> = (0..40).map(|i| format!("shard-test-{i}")).collect();
+    for c in &channels {
+        subscribe(&mut ws, c).await;
+    }
+    let (n1, n2) = (r1.channels().await.len(), r2.channels().await.len());
+    assert_eq!(n1 + n2, 41, "40 channels plus the broadcast channel");
+    assert!(
+        n1 > 5 && n2 > 5,
+        "channels are spread over both shards: {n1} / {n2}"
+    );
+    for (i, c) in channels.iter().enumerate() {
+        b.hub.publish(c, &numbered(i)).await.unwrap();
+    }
+    let mut got = numbers(&mut ws, 40).await;
+    got.sort_unstable();
+    assert_eq!(got, (0..40).collect::<Vec<u64>>());
+    close(ws).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn nodes_survive_a_redis_restart_and_outage_publishes_fail_loudly() {
+    let mut redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut on_a = a.connect().await;
+    let mut on_b = b.connect().await;
+    subscribe(&mut on_a, "live").await;
+    subscribe(&mut on_b, "live").await;
+    b.hub.publish("live", &numbered(1)).await.unwrap();
+    assert_eq!(numbers(&mut on_a, 1).await, [1]);
+    assert_eq!(numbers(&mut on_b, 1).await, [1]);
+
+    redis.kill();
+    // During the outage: local delivery continues, and the publisher is told the message did
+    // not reach other nodes.
+    let err = loop {
+        match b.hub.publish("live", &numbered(2)).await {
+            Err(e) => break e,
+            // The connection loss may not be noticed by the very first publish.
+            Ok(_) => assert_eq!(numbers(&mut on_b, 1).await, [2]),
+        }
+    };
+    match &err {
+        PublishError::Broker { local, .. } => assert_eq!(local.enqueued, 1),
+        other => panic!("expected a broker error, got {other:?}"),
+    }
+    assert_eq!(
+        numbers(&mut on_b, 1).await,
+        [2],
+        "delivered locally despite the outage"
+    );
+    let (status, body) = http(
+        b.addr,
+        "POST",
+        "/api/publish",
+        &[],
+        br#"{"channel":"live","data":3}"#,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(numbers(&mut on_b, 1).await, [3]);
+
+    redis.restart().await;
+    // Both nodes reconnect and re-subscribe; then delivery across nodes works again.
+    eventually("both nodes re-subscribed", || {
+        a.hub.counters().broker.reconnects >= 1 && b.hub.counters().broker.reconnects >= 1
+    })
+    .await;
+    let mut i = 100;
+    loop {
+        match b.hub.publish("live", &numbered(i)).await {
+            Ok(_) => {
+                assert_eq!(numbers(&mut on_b, 1).await, [i as u64]);
+                break;
+            }
+            Err(PublishError::Broker { .. }) => {
+                // The publishing connection is still reconnecting: delivered locally only.
+                assert_eq!(numbers(&mut on_b, 1).await, [i as u64]);
+                i += 1;
+                assert!(i < 500, "the publisher never reconnected");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        numbers(&mut on_a, 1).await,
+        [i as u64],
+        "cross-node delivery is back"
+    );
+    assert!(b.hub.counters().broker.publish_errors >= 1);
+    for ws in [on_a, on_b] {
+        close(ws).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_joining_late_gets_only_what_is_published_after_it_subscribed() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let a = node(&urls).await;
+    let mut early = a.connect().await;
+    subscribe(&mut early, "feed").await;
+    for i in 0..5 {
+        a.hub.publish("feed", &numbered(i)).await.unwrap();
+    }
+    let late_node = node(&urls).await;
+    let mut late = late_node.connect().await;
+    subscribe(&mut late, "feed").await;
+    for i in 5..10 {
+        a.hub.publish("feed", &numbered(i)).await.unwrap();
+    }
+    assert_eq!(numbers(&mut early, 10).await, (0..10).collect::<Vec<u64>>());
+    assert_eq!(numbers(&mut late, 5).await, (5..10).collect::<Vec<u64>>());
+    expect_silence(&mut late, Duration::from_millis(100)).await;
+    close(early).await;
+    close(late).await;
+    a.stop().await;
+    late_node.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config =
+        RedisConfig::new([format!("redis://127.0.0.1:{port}")]).timeout(Duration::from_millis(300));
+    let err = Hub::builder().redis(config).connect().await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot connect") && text.contains(&port.to_string()),
+        "{text}"
+    );
+    assert!(matches!(err, wshub::Error::Broker(_)));
+    // `build` refuses a Redis configuration instead of silently ignoring it.
+    let config = RedisConfig::new(["redis://127.0.0.1:1"]);
+    assert!(Hub::builder().redis(config).build().is_err());
+}
