@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole wshub test suite, from a fresh machine: installs what the tests need (Python with
-# venv for Autobahn and the `websockets` interop client, Node's `ws` interop client), then runs
+# venv for Autobahn and the `websockets` interop client, Node's `ws` interop client,
+# redis-server for the scale-out tests), then runs
 # unit, integration and doc tests, the release-mode churn test, the docs build, the benchmark
 # build and the Autobahn conformance suite. Prints the time each stage took.
 set -euo pipefail
@@ -17,13 +18,18 @@ stage() {
 }
 
 install_tools() {
-  # Python 3.8-3.12 with venv, pip and lib2to3 (Autobahn), and Node.js with npm.
-  if ! python3 -c 'import venv, lib2to3, ensurepip' 2>/dev/null || ! command -v npm >/dev/null; then
-    if command -v apt-get >/dev/null; then
-      apt-get update -qq
-      apt-get install -y -qq python3 python3-venv python3-pip python3-lib2to3 nodejs npm >/dev/null
-    fi
+  # Python 3.8-3.12 with venv, pip and lib2to3 (Autobahn), Node.js with npm (interop), and
+  # redis-server (the scale-out tests start their own instances).
+  local missing=()
+  python3 -c 'import venv, lib2to3, ensurepip' 2>/dev/null \
+    || missing+=(python3 python3-venv python3-pip python3-lib2to3)
+  command -v npm >/dev/null || missing+=(nodejs npm)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  # The Debian package may start a system instance; the tests do not use it.
   mkdir -p "$TOOLS"
   if [ ! -x "$TOOLS/venv/bin/python" ]; then
     python3 -m venv "$TOOLS/venv"
