@@ -805,7 +805,7 @@ async fn run(
                         connection::run(io, rest, shared, config, events, announce).await
                     }
                     Dialed::Tls(io, rest) => {
-                        Box::pin(connection::run(*io, rest, shared, config, events, announce)).await
+                        connection::run(*io, rest, shared, config, events, announce).await
                     }
                 };
                 shared.set_state(State::Disconnected);
