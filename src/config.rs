@@ -178,9 +178,20 @@ pub struct HubConfig {
     /// cross-site WebSocket hijacking); requests without `Origin` (non-browser clients) are
     /// accepted. The default value is empty: every origin is accepted.
     pub allowed_origins: Vec<String>,
+    /// Channels that keep a history: every publication on them carries an `offset` and an
+    /// `epoch`, and a client that reconnects can resume from its last offset. The default
+    /// value is empty: no history (the go-ws wire format is unchanged).
+    pub history: Vec<ChannelPattern>,
+    /// Publications kept per history channel. The default value is 1000.
+    pub history_size: usize,
+    /// How long a publication stays in history; a channel idle for this long loses its
+    /// history (and gets a new epoch). The default value is 300 s.
+    pub history_ttl: Duration,
 }
 
-/// A token-bucket rate limit on the messages (and pings) one client sends.
+/// A token-bucket rate limit on the messages (and pings) one client sends. A subscribe or
+/// unsubscribe costs a sixteenth of a message, so a client that reconnects with its 1024
+/// subscriptions stays within the default burst.
 ///
 /// A message that finds the bucket empty is refused with an `error` reply
 /// (`"rate limit exceeded"`); a client that sends `burst` refused messages in a row is
@@ -222,6 +233,9 @@ impl Default for HubConfig {
                 burst: 200,
             }),
             allowed_origins: Vec::new(),
+            history: Vec::new(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -271,6 +285,12 @@ impl HubConfig {
         rate_limit: Option<RateLimit>;
         /// Sets [`allowed_origins`](Self::allowed_origins) (default empty: all origins).
         allowed_origins: Vec<String>;
+        /// Sets [`history`](Self::history) (default empty: no history).
+        history: Vec<ChannelPattern>;
+        /// Sets [`history_size`](Self::history_size) (default 1000).
+        history_size: usize;
+        /// Sets [`history_ttl`](Self::history_ttl) (default 300 s).
+        history_ttl: Duration;
     }
 
     /// Checks every value and every combination.
@@ -285,6 +305,7 @@ impl HubConfig {
             ("pong_timeout", self.pong_timeout),
             ("write_timeout", self.write_timeout),
             ("close_timeout", self.close_timeout),
+            ("history_ttl", self.history_ttl),
         ];
         for (field, value) in positive {
             if value.is_zero() {
@@ -317,6 +338,7 @@ impl HubConfig {
             ("max_subscriptions", self.max_subscriptions),
             ("max_channel_name_len", self.max_channel_name_len),
             ("max_connections", self.max_connections),
+            ("history_size", self.history_size),
         ];
         for (field, value) in counts {
             if value == 0 {
@@ -346,6 +368,11 @@ impl HubConfig {
                 .allowed_origins
                 .iter()
                 .any(|p| origin_matches(p, origin))
+    }
+
+    /// Whether `channel` keeps a history.
+    pub(crate) fn has_history(&self, channel: &str) -> bool {
+        self.history.iter().any(|p| p.matches(channel))
     }
 
     /// Whether clients may publish to `channel`.

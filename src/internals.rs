@@ -40,6 +40,13 @@ impl Client {
         (out.into(), closed)
     }
 
+    /// Drops the client's connection at once, without a close frame (as a network failure
+    /// would); for tests of reconnection and recovery.
+    #[doc(hidden)]
+    pub fn kill_connection(&self) {
+        self.shared().outbox.abort(DisconnectReason::ConnectionLost);
+    }
+
     /// Ends a detached client as if its connection dropped (the disconnect hook fires).
     #[doc(hidden)]
     pub fn disconnect_detached(&self) {

@@ -93,8 +93,8 @@ pub use error::{
 };
 pub use http::{Body, Handshake};
 pub use hub::{
-    ChannelAction, Client, Counters, Hub, HubBuilder, IncomingMessage, PublishReport,
-    ShutdownReport, Stats,
+    ChannelAction, Client, Counters, History, HistoryError, Hub, HubBuilder, IncomingMessage,
+    PublishReport, ShutdownReport, Stats,
 };
 pub use message::channel::ChannelName;
 pub use message::json::{JsonError, JsonErrorKind};

@@ -7,6 +7,7 @@
 //! | `POST /api/publish` | body `{"channel":C,"type"?:T,"data"?:D,"processId"?:P}`; `type` defaults to `event` |
 //! | `POST /api/broadcast` | body `{"type"?:T,"data"?:D}` |
 //! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}` |
+//! | `GET /api/history?channel=C&since=N&limit=L` | `{"channel":C,"epoch":E,"offset":N,"publications":[..]}` (channels with history) |
 //! | `GET /healthz` | `{"status":"ok"}`, or 503 while shutting down |
 //!
 //! Publish and broadcast answer 200 with the [`PublishReport`](crate::PublishReport) as JSON.
@@ -36,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::PublishError;
 use crate::http::{Body, Handshake};
-use crate::hub::{Hub, ShutdownReport};
+use crate::hub::{HistoryError, Hub, ShutdownReport};
 use crate::message::{Json, Message};
 
 /// Configuration of the HTTP side of the `wshub` server.
@@ -249,7 +250,7 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
                 json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
             }
         }
-        ("/api/publish" | "/api/broadcast" | "/api/stats", method) => {
+        ("/api/publish" | "/api/broadcast" | "/api/stats" | "/api/history", method) => {
             if let Some(resp) = authorize(&req, config) {
                 return resp;
             }
@@ -257,7 +258,8 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
                 ("/api/publish", Method::POST) => api_publish(req, hub, config, true).await,
                 ("/api/broadcast", Method::POST) => api_publish(req, hub, config, false).await,
                 ("/api/stats", Method::GET) => api_stats(hub),
-                ("/api/stats", _) => not_allowed("GET"),
+                ("/api/history", Method::GET) => api_history(&req, hub).await,
+                ("/api/stats" | "/api/history", _) => not_allowed("GET"),
                 _ => not_allowed("POST"),
             }
         }
@@ -437,6 +439,51 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Respon
             &format!("could not read body: {e}"),
         )),
     }
+}
+
+/// `GET /api/history?channel=C&since=N&limit=L` (since defaults to 0, limit to 100, at most
+/// 1000): `{"channel":C,"epoch":E,"offset":N,"publications":[...]}` with each publication the
+/// exact JSON clients received.
+async fn api_history(req: &Request<Incoming>, hub: &Hub) -> Response<Body> {
+    let query = Handshake::new(req);
+    let Some(channel) = query.query("channel") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter \"channel\"",
+        );
+    };
+    let number = |name: &str, default: u64| -> Result<u64, String> {
+        match query.query(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{name} must be a non-negative integer")),
+        }
+    };
+    let (since, limit) = match (number("since", 0), number("limit", 100)) {
+        (Ok(s), Ok(l)) => (s, l.min(1000) as usize),
+        (Err(reason), _) | (_, Err(reason)) => return error(StatusCode::BAD_REQUEST, &reason),
+    };
+    let history = match hub.history(&channel, since, limit).await {
+        Ok(h) => h,
+        Err(e @ HistoryError::NotEnabled) => return error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let mut body =
+        Vec::with_capacity(64 + history.publications.iter().map(String::len).sum::<usize>());
+    body.extend_from_slice(b"{\"channel\":");
+    crate::message::json::write_string(&mut body, &channel);
+    body.extend_from_slice(b",\"epoch\":");
+    crate::message::json::write_string(&mut body, &history.epoch);
+    body.extend_from_slice(format!(",\"offset\":{},\"publications\":[", history.offset).as_bytes());
+    for (i, p) in history.publications.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    json(StatusCode::OK, body)
 }
 
 fn api_stats(hub: &Hub) -> Response<Body> {

@@ -283,3 +283,27 @@ async fn an_oversized_request_head_gets_431() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_reconnecting_client_may_resubscribe_to_all_its_channels_at_once() {
+    // Default limits: 100 messages/s, burst 200, 1024 subscriptions per client.
+    let server = TestServer::with_config(HubConfig::default()).await;
+    let (mut raw, id) = server.raw_client().await;
+    let mut burst = Vec::new();
+    for i in 0..1024 {
+        let msg = format!(r#"{{"type":"subscribe","channel":"ch-{i}"}}"#);
+        burst.extend_from_slice(&wshub::frame::encode_masked(
+            1,
+            true,
+            0,
+            msg.as_bytes(),
+            [7; 4],
+        ));
+    }
+    raw.write(&burst).await;
+    let replies = raw.sync().await;
+    assert!(replies.is_empty(), "subscribes were refused: {replies:?}");
+    assert_eq!(server.hub.client(id).unwrap().subscriptions().len(), 1024);
+    raw.send_close(1000, "").await;
+    server.stop().await;
+}

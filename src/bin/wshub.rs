@@ -38,6 +38,13 @@ USAGE: wshub [OPTIONS]
   --max-body-size BYTES       largest HTTP API request body [default: 1048576]
   --shutdown-timeout SECS     grace period for clients on SIGINT/SIGTERM [default: 10]
 
+History and recovery:
+  --history PATTERN           keep a history on matching channels (repeatable; same syntax as
+                              --client-publish): publications carry offset and epoch, and a
+                              subscribe carrying offset and epoch resumes after that offset
+  --history-size N            publications kept per channel [default: 1000]
+  --history-ttl SECS          how long publications are kept [default: 300]
+
 Scaling out (several wshub nodes, one set of channels):
   --redis URL                 use Redis pub/sub between nodes, e.g. redis://127.0.0.1:6379;
                               repeat to shard channels over several Redis instances (every node
@@ -228,6 +235,11 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
             "--handshake-timeout" => server.handshake_timeout = secs(&flag, &value()?)?,
             "--max-header-size" => server.max_header_size = number(&flag, &value()?)?,
             "--redis" => redis_urls.push(value()?),
+            "--history" => hub
+                .history
+                .push(ChannelPattern::new(&value()?).map_err(|e| e.to_string())?),
+            "--history-size" => hub.history_size = number(&flag, &value()?)?,
+            "--history-ttl" => hub.history_ttl = secs(&flag, &value()?)?,
             "--redis-prefix" => redis_prefix = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }

@@ -5,6 +5,7 @@
 //! bytes into each subscriber's bounded queue; it never waits for any client.
 
 pub(crate) mod client;
+pub(crate) mod history;
 pub(crate) mod members;
 pub(crate) mod registry;
 
@@ -23,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::RedisConfig;
 use crate::broker::{Broker, BrokerCounters};
 use crate::config::HubConfig;
-use crate::error::{ConfigError, PublishError, SubscribeError};
+use crate::error::{ChannelNameError, ConfigError, PublishError, SubscribeError};
 use crate::frame::{self, close_code};
 use crate::http::Handshake;
 use crate::message::channel::{validate_channel_name, ChannelName};
@@ -32,6 +33,7 @@ use crate::session::outbox::{Enqueue, Outbox};
 use crate::session::{self, DisconnectReason};
 pub use client::Client;
 use client::ClientShared;
+use history::HistoryStore;
 use members::{MemberSet, Snapshot};
 use registry::Registry;
 
@@ -186,6 +188,45 @@ struct AtomicCounters {
     hook_panics: AtomicU64,
 }
 
+/// A page of a channel's history ([`Hub::history`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct History {
+    /// The channel's current epoch ("" when it has no history yet).
+    pub epoch: String,
+    /// Offset of the channel's last publication (0 when none).
+    pub offset: u64,
+    /// The publications, oldest first, each the exact JSON text clients received.
+    pub publications: Vec<String>,
+}
+
+/// Why [`Hub::history`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The channel name is invalid.
+    ChannelName(ChannelNameError),
+    /// The channel matches no [`HubConfig::history`] pattern.
+    NotEnabled,
+}
+
+impl fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistoryError::ChannelName(e) => e.fmt(f),
+            HistoryError::NotEnabled => f.write_str("channel has no history"),
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {}
+
+impl From<ChannelNameError> for HistoryError {
+    fn from(e: ChannelNameError) -> Self {
+        HistoryError::ChannelName(e)
+    }
+}
+
 /// What [`Hub::shutdown`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -210,6 +251,8 @@ struct HubInner {
     counters: AtomicCounters,
     /// Set once, right after construction, when a broker is configured.
     broker: OnceLock<Arc<dyn Broker>>,
+    /// Logs of the channels with history (in-memory hub).
+    history: HistoryStore,
 }
 
 /// The WebSocket hub. Cheap to clone: every clone is the same hub.
@@ -333,6 +376,7 @@ impl HubBuilder {
 
     fn build_unconnected(self) -> Result<Hub, ConfigError> {
         self.config.validate()?;
+        let history = HistoryStore::new(self.config.history_size, self.config.history_ttl);
         Ok(Hub {
             inner: Arc::new(HubInner {
                 config: self.config,
@@ -345,6 +389,7 @@ impl HubBuilder {
                 open: AtomicUsize::new(0),
                 counters: AtomicCounters::default(),
                 broker: OnceLock::new(),
+                history,
             }),
         })
     }
@@ -370,6 +415,13 @@ impl HubBuilder {
         #[cfg(feature = "redis")]
         if let Some(redis) = self.redis.clone() {
             redis.validate()?;
+            if !self.config.history.is_empty() {
+                return Err(ConfigError::new(
+                    "history",
+                    "channel history is not available with the Redis broker yet",
+                )
+                .into());
+            }
             let hub = HubBuilder {
                 redis: None,
                 ..self
@@ -468,14 +520,11 @@ impl Hub {
         channel: &str,
         message: &Message,
     ) -> Result<PublishReport, PublishError> {
+        let Some(broker) = self.inner.broker.get() else {
+            return self.publish_local(channel, message);
+        };
         self.accepting()?;
         validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
-        let Some(broker) = self.inner.broker.get() else {
-            return Ok(self.publish_frame(
-                Some(channel),
-                &message.encode_frame(Some(channel), SystemTime::now()),
-            ));
-        };
         let frame = message.encode_frame(Some(channel), SystemTime::now());
         let local = self.publish_frame(Some(channel), &frame);
         broker
@@ -495,7 +544,12 @@ impl Hub {
         message: &Message,
     ) -> Result<PublishReport, PublishError> {
         self.accepting()?;
-        validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        let config = &self.inner.config;
+        if config.has_history(channel) {
+            let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
+            return Ok(self.publish_with_history(&name, message));
+        }
+        validate_channel_name(channel, config.max_channel_name_len)?;
         let Some(ch) = self.inner.channels.get(channel) else {
             self.inner
                 .counters
@@ -505,6 +559,97 @@ impl Hub {
         };
         let frame = message.encode_frame(Some(channel), SystemTime::now());
         Ok(self.deliver_to(&ch.members.load(), &frame))
+    }
+
+    /// A publish on a channel with history: the next offset, the log entry and the delivery
+    /// to current subscribers all happen under the channel's log lock (see `history`).
+    fn publish_with_history(&self, name: &ChannelName, message: &Message) -> PublishReport {
+        let now = tokio::time::Instant::now();
+        let log = self.inner.history.log(name, now);
+        let mut st = log.lock();
+        let frame = st.append(now, |p| {
+            message.encode_frame_at(Some(name), SystemTime::now(), Some((p.offset, &p.epoch)))
+        });
+        self.inner.history.trim(&mut st, now);
+        self.publish_frame(Some(name), &frame)
+    }
+
+    /// Subscribes `client` to a channel with history and queues the answer
+    /// `{"type":"subscribed",...}` with the channel's position; with `since` (an offset and
+    /// its epoch) also every publication after it, when the history still holds all of them
+    /// and they fit into the client's queue (`"recovered":true`), or none
+    /// (`"recovered":false`: the client must resync). Never a partial recovery.
+    pub(crate) fn subscribe_with_history(
+        &self,
+        client: &Arc<ClientShared>,
+        channel: &str,
+        since: Option<(u64, &str)>,
+    ) -> Result<(), SubscribeError> {
+        let name = ChannelName::with_max_len(channel, self.inner.config.max_channel_name_len)?;
+        let now = tokio::time::Instant::now();
+        let log = self.inner.history.log(&name, now);
+        let st = log.lock();
+        let position = st.position();
+        // Already subscribed: it is receiving live publications; replaying would duplicate.
+        let already = client.subscriptions().channels.contains(channel);
+        let recovered = match since {
+            Some((offset, epoch)) if !already => st
+                .since(epoch, offset)
+                .filter(|frames| client.outbox.has_room_for(frames)),
+            _ => None,
+        };
+        // Joining under the log lock: no publication can fall between the recovered ones and
+        // the live ones.
+        self.subscribe_shared(client, channel)?;
+        let answer = since.map(|_| recovered.is_some());
+        let _ = client.outbox.push_data(crate::message::subscribed_frame(
+            channel,
+            answer,
+            &position.epoch,
+            position.offset,
+        ));
+        for frame in recovered.into_iter().flatten() {
+            let _ = client.outbox.push_data(frame);
+        }
+        drop(st);
+        Ok(())
+    }
+
+    /// The history of `channel`: its position and up to `limit` publications after offset
+    /// `since` (each the exact JSON text clients received).
+    ///
+    /// # Errors
+    /// [`HistoryError`] for an invalid channel name or a channel without history.
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<History, HistoryError> {
+        let config = &self.inner.config;
+        validate_channel_name(channel, config.max_channel_name_len)?;
+        if !config.has_history(channel) {
+            return Err(HistoryError::NotEnabled);
+        }
+        let Some(log) = self
+            .inner
+            .history
+            .existing(channel, tokio::time::Instant::now())
+        else {
+            return Ok(History::default());
+        };
+        let st = log.lock();
+        let position = st.position();
+        let publications = st
+            .page(since, limit)
+            .iter()
+            .map(|f| String::from_utf8_lossy(frame::payload(f)).into_owned())
+            .collect();
+        Ok(History {
+            epoch: position.epoch.to_string(),
+            offset: position.offset,
+            publications,
+        })
     }
 
     /// Delivers an encoded frame to this node's subscribers of `channel` (every client for

@@ -238,6 +238,18 @@ impl Message {
     }
 
     fn write_json<B: BufMut>(&self, out: &mut B, channel: Option<&str>, timestamp: SystemTime) {
+        self.write_json_at(out, channel, timestamp, None);
+    }
+
+    /// The JSON, with `"offset":N,"epoch":"E"` after the timestamp when `position` is given
+    /// (publications on channels with history).
+    fn write_json_at<B: BufMut>(
+        &self,
+        out: &mut B,
+        channel: Option<&str>,
+        timestamp: SystemTime,
+        position: Option<(u64, &str)>,
+    ) {
         out.put_slice(b"{\"type\":");
         json::write_string(out, &self.kind);
         let channel = channel.unwrap_or(&self.channel);
@@ -255,15 +267,64 @@ impl Message {
         }
         out.put_slice(b",\"timestamp\":");
         json::write_timestamp(out, timestamp);
+        if let Some((offset, epoch)) = position {
+            write_position(out, offset, epoch);
+        }
         out.put_u8(b'}');
     }
 
     /// Encodes the message once into a complete, unmasked text frame.
     pub(crate) fn encode_frame(&self, channel: Option<&str>, timestamp: SystemTime) -> Bytes {
-        frame::encode_with(OpCode::Text, self.size_hint(), |buf| {
-            self.write_json(buf, channel, timestamp);
+        self.encode_frame_at(channel, timestamp, None)
+    }
+
+    /// Like [`Message::encode_frame`], with the publication's position on a history channel.
+    pub(crate) fn encode_frame_at(
+        &self,
+        channel: Option<&str>,
+        timestamp: SystemTime,
+        position: Option<(u64, &str)>,
+    ) -> Bytes {
+        frame::encode_with(OpCode::Text, self.size_hint() + 48, |buf| {
+            self.write_json_at(buf, channel, timestamp, position);
         })
     }
+}
+
+/// Appends `,"offset":N,"epoch":"E"`.
+pub(crate) fn write_position<B: BufMut>(out: &mut B, offset: u64, epoch: &str) {
+    out.put_slice(b",\"offset\":");
+    out.put_slice(offset.to_string().as_bytes());
+    out.put_slice(b",\"epoch\":");
+    json::write_string(out, epoch);
+}
+
+/// `{"type":"subscribed","channel":C[,"recovered":R],"epoch":E,"offset":N,"timestamp":T}`:
+/// the answer to a subscribe on a channel with history.
+pub(crate) fn subscribed_frame(
+    channel: &str,
+    recovered: Option<bool>,
+    epoch: &str,
+    offset: u64,
+) -> Bytes {
+    frame::encode_with(OpCode::Text, 128 + channel.len() + epoch.len(), |out| {
+        out.put_slice(b"{\"type\":\"subscribed\",\"channel\":");
+        json::write_string(out, channel);
+        if let Some(r) = recovered {
+            out.put_slice(if r {
+                b",\"recovered\":true"
+            } else {
+                b",\"recovered\":false"
+            });
+        }
+        out.put_slice(b",\"epoch\":");
+        json::write_string(out, epoch);
+        out.put_slice(b",\"offset\":");
+        out.put_slice(offset.to_string().as_bytes());
+        out.put_slice(b",\"timestamp\":");
+        json::write_timestamp(out, SystemTime::now());
+        out.put_u8(b'}');
+    })
 }
 
 impl fmt::Debug for Message {

@@ -20,6 +20,16 @@ use serde_json::value::RawValue;
 pub enum Request<'a> {
     /// Subscribe the sender to a channel (the name is not validated yet).
     Subscribe(Cow<'a, str>),
+    /// Subscribe with recovery: `{"type":"subscribe","channel":C,"offset":N,"epoch":E}`,
+    /// where N is the offset of the last publication the client received on C.
+    Resume {
+        /// The channel (not validated yet).
+        channel: Cow<'a, str>,
+        /// Offset of the last publication received.
+        offset: u64,
+        /// Epoch that offset belongs to (empty when the client sent none).
+        epoch: Cow<'a, str>,
+    },
     /// Unsubscribe the sender from a channel (the name is not validated yet).
     Unsubscribe(Cow<'a, str>),
     /// Reply `{"type":"pong","timestamp":T}`.
@@ -67,6 +77,10 @@ struct Envelope<'a> {
     channel: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default, borrow)]
+    epoch: Option<Cow<'a, str>>,
 }
 
 /// Parses one inbound message.
@@ -91,7 +105,14 @@ pub fn parse(payload: &[u8]) -> Result<Request<'_>, ParseError> {
         Err(ParseError::MissingChannel(kind))
     };
     Ok(match &*env.kind {
-        "subscribe" => Request::Subscribe(channel("subscribe", true)?),
+        "subscribe" => match env.offset {
+            Some(offset) => Request::Resume {
+                channel: channel("subscribe", true)?,
+                offset,
+                epoch: env.epoch.clone().unwrap_or_default(),
+            },
+            None => Request::Subscribe(channel("subscribe", true)?),
+        },
         "unsubscribe" => Request::Unsubscribe(channel("unsubscribe", true)?),
         "ping" => Request::Ping,
         "publish" => Request::Publish {
@@ -127,6 +148,23 @@ mod tests {
             Request::Unsubscribe("aA".into())
         );
         assert_eq!(parse(br#" {"type":"ping"} "#).unwrap(), Request::Ping);
+        assert_eq!(
+            parse(br#"{"type":"subscribe","channel":"c","offset":41,"epoch":"e1"}"#).unwrap(),
+            Request::Resume {
+                channel: "c".into(),
+                offset: 41,
+                epoch: "e1".into()
+            }
+        );
+        assert_eq!(
+            parse(br#"{"type":"subscribe","channel":"c","offset":0}"#).unwrap(),
+            Request::Resume {
+                channel: "c".into(),
+                offset: 0,
+                epoch: "".into()
+            }
+        );
+        assert!(parse(br#"{"type":"subscribe","channel":"c","offset":-1}"#).is_err());
         assert_eq!(
             parse(br#"{"type":"hello","data":[1]}"#).unwrap(),
             Request::Other("hello".into())

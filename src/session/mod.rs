@@ -31,6 +31,9 @@ use outbox::Take;
 
 /// Frames gathered into one vectored write at most (Linux allows 1024 iovecs).
 const MAX_IOV: usize = 64;
+/// Rate-limit cost of a subscribe or unsubscribe, in messages.
+const SUBSCRIBE_COST: f64 = 1.0 / 16.0;
+
 /// Read buffer growth step. The buffer is allocated when a read is attempted and released
 /// whenever the connection goes idle with nothing buffered.
 const READ_CHUNK: usize = 4096;
@@ -203,12 +206,13 @@ impl TokenBucket {
         }
     }
 
-    fn take(&mut self, now: Instant) -> bool {
+    /// Takes `cost` tokens (1 for a message, less for cheap requests).
+    fn take(&mut self, now: Instant, cost: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(f64::from(self.burst));
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             self.strikes = 0;
             true
         } else {
@@ -354,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn on_frame(&mut self, frame: Frame) {
         match frame {
             Frame::Ping(payload) => {
-                if self.admit() {
+                if self.admit(1.0) {
                     self.client.outbox.push_control(frame::pong_frame(&payload));
                 }
             }
@@ -391,15 +395,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.close_queued || !self.client.outbox.is_open() {
             return; // closing: data is no longer interpreted
         }
-        if !self.admit() {
-            return self.reply_error("rate limit exceeded");
-        }
         if self.hub.config().raw_messages {
-            self.hub
-                .call_message_hook(&self.client, IncomingMessage::new(payload, binary, None));
+            if self.admit(1.0) {
+                let message = IncomingMessage::new(payload, binary, None);
+                self.hub.call_message_hook(&self.client, message);
+            } else {
+                self.reply_error("rate limit exceeded");
+            }
             return;
         }
-        let request = match parse::parse(&payload) {
+        let parsed = parse::parse(&payload);
+        // (Un)subscribes are cheap and come in bursts when a client reconnects with many
+        // channels: they cost a sixteenth of a message, so 1024 fit in the default burst.
+        let cost = match &parsed {
+            Ok(Request::Subscribe(_) | Request::Resume { .. } | Request::Unsubscribe(_)) => {
+                SUBSCRIBE_COST
+            }
+            _ => 1.0,
+        };
+        if !self.admit(cost) {
+            return self.reply_error("rate limit exceeded");
+        }
+        let request = match parsed {
             Ok(r) => r,
             Err(e) => return self.reply_error(&e.to_string()),
         };
@@ -409,27 +426,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.reply(&Message::new("pong"));
                 Ok(())
             }
-            Request::Subscribe(channel) => {
-                if hub.channel_allowed(&self.client, &channel, ChannelAction::Subscribe) {
-                    match hub.subscribe_shared(&self.client, &channel) {
-                        Ok((_, wait)) => {
-                            // The next request is read once the broker confirmed, so a client
-                            // that saw the answer to a later request receives every message
-                            // published (on any node) after that.
-                            if let Some(wait) = wait {
-                                self.pending = Some(Box::pin(async move {
-                                    wait.await;
-                                    None
-                                }));
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                } else {
-                    Err(format!("not allowed to subscribe to {:?}", &*channel))
-                }
-            }
+            Request::Subscribe(channel) => self.subscribe(&channel, None),
+            Request::Resume {
+                channel,
+                offset,
+                epoch,
+            } => self.subscribe(&channel, Some((offset, &epoch))),
             Request::Unsubscribe(channel) => hub
                 .unsubscribe_shared(&self.client, &channel)
                 .map(drop)
@@ -449,6 +451,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Err(reason) = outcome {
             self.reply_error(&reason);
         }
+    }
+
+    /// A client's subscribe (with the position it resumes from, if any).
+    fn subscribe(&mut self, channel: &str, since: Option<(u64, &str)>) -> Result<(), String> {
+        let hub = &self.hub;
+        if !hub.channel_allowed(&self.client, channel, ChannelAction::Subscribe) {
+            return Err(format!("not allowed to subscribe to {channel:?}"));
+        }
+        if hub.config().has_history(channel) && !hub.has_broker() {
+            return hub
+                .subscribe_with_history(&self.client, channel, since)
+                .map_err(|e| e.to_string());
+        }
+        let (_, wait) = hub
+            .subscribe_shared(&self.client, channel)
+            .map_err(|e| e.to_string())?;
+        // The next request is read once the broker confirmed, so a client that saw the answer
+        // to a later request receives every message published (on any node) after that.
+        if let Some(wait) = wait {
+            self.pending = Some(Box::pin(async move {
+                wait.await;
+                None
+            }));
+        }
+        Ok(())
     }
 
     fn client_publish(
@@ -487,11 +514,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Takes a token from the rate limiter; on refusal counts a strike, and closes the
     /// connection (1008) after `burst` refusals in a row.
-    fn admit(&mut self) -> bool {
+    fn admit(&mut self, cost: f64) -> bool {
         let Some(bucket) = &mut self.limiter else {
             return true;
         };
-        if bucket.take(Instant::now()) {
+        if bucket.take(Instant::now(), cost) {
             return true;
         }
         if bucket.strikes >= bucket.burst {

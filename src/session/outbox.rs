@@ -350,6 +350,12 @@ impl Outbox {
         matches!(self.lock().phase, Phase::Open)
     }
 
+    /// Whether `frames` (in total) fit into the queue now.
+    pub(crate) fn has_room_for(&self, frames: &[Bytes]) -> bool {
+        let bytes = frames.iter().map(Bytes::len).sum();
+        self.fits(&self.lock(), bytes, frames.len())
+    }
+
     /// Bytes queued and not yet written.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().bytes

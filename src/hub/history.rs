@@ -1,0 +1,280 @@
+//! Per-channel history for the in-memory hub: a bounded log of encoded publications with
+//! positions (offset + epoch), and the lock that makes recovery gap-free.
+//!
+//! A publish on a history channel takes the channel's log lock, assigns the next offset,
+//! encodes the frame (with `offset` and `epoch`), appends it and delivers it to the current
+//! subscribers, all before releasing the lock. A recovering subscribe takes the same lock,
+//! queues the publications after the client's position and joins the channel before releasing
+//! it. So every publication is either in what the client recovers or delivered to it live,
+//! never both and never neither.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::message::channel::ChannelName;
+
+/// Shards of the channel → log map.
+const SHARDS: usize = 16;
+
+/// A channel's position: the epoch of its history and the offset of its last publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+}
+
+struct Entry {
+    offset: u64,
+    at: Instant,
+    frame: Bytes,
+}
+
+pub(crate) struct LogState {
+    epoch: Arc<str>,
+    /// Offset of the last publication (0 before the first).
+    last: u64,
+    /// Publications still in the window, oldest first, offsets consecutive.
+    entries: VecDeque<Entry>,
+    /// When the log was last written or created (idle logs are forgotten after the TTL).
+    touched: Instant,
+}
+
+impl LogState {
+    fn prune(&mut self, now: Instant, size: usize, ttl: Duration) {
+        while self.entries.len() > size
+            || self
+                .entries
+                .front()
+                .is_some_and(|e| now.saturating_duration_since(e.at) > ttl)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    pub(crate) fn position(&self) -> Position {
+        Position {
+            epoch: Arc::clone(&self.epoch),
+            offset: self.last,
+        }
+    }
+
+    /// Records the next publication; `encode` builds its frame from its position.
+    pub(crate) fn append(
+        &mut self,
+        now: Instant,
+        encode: impl FnOnce(&Position) -> Bytes,
+    ) -> Bytes {
+        self.last += 1;
+        let frame = encode(&self.position());
+        self.entries.push_back(Entry {
+            offset: self.last,
+            at: now,
+            frame: frame.clone(),
+        });
+        self.touched = now;
+        frame
+    }
+
+    /// The frames after `offset` in epoch `epoch`, or `None` when that position cannot be
+    /// recovered (another epoch, an offset from the future, or history that no longer
+    /// reaches `offset + 1`).
+    pub(crate) fn since(&self, epoch: &str, offset: u64) -> Option<Vec<Bytes>> {
+        if epoch != &*self.epoch || offset > self.last {
+            return None;
+        }
+        if offset == self.last {
+            return Some(Vec::new());
+        }
+        let first = self.entries.front()?.offset;
+        if first > offset + 1 {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .filter(|e| e.offset > offset)
+                .map(|e| e.frame.clone())
+                .collect(),
+        )
+    }
+
+    /// Up to `limit` frames after `offset` (any epoch), for the HTTP API.
+    pub(crate) fn page(&self, offset: u64, limit: usize) -> Vec<Bytes> {
+        self.entries
+            .iter()
+            .filter(|e| e.offset > offset)
+            .take(limit)
+            .map(|e| e.frame.clone())
+            .collect()
+    }
+}
+
+pub(crate) struct ChannelLog {
+    state: Mutex<LogState>,
+}
+
+impl ChannelLog {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        // Every critical section leaves the log consistent before anything can panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+type Shard = Mutex<HashMap<ChannelName, Arc<ChannelLog>>>;
+
+/// Every history channel's log.
+pub(crate) struct HistoryStore {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    size: usize,
+    ttl: Duration,
+}
+
+impl HistoryStore {
+    pub(crate) fn new(size: usize, ttl: Duration) -> Self {
+        HistoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            size,
+            ttl,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<ChannelName, Arc<ChannelLog>>> {
+        let i = (self.hasher.hash_one(channel) % SHARDS as u64) as usize;
+        // The map is only ever inserted into or removed from; it cannot be left half-updated.
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The log of `channel`, created (with a new epoch, offset 0) if missing or idle for
+    /// longer than the TTL (its history is gone, so its epoch changes).
+    pub(crate) fn log(&self, channel: &ChannelName, now: Instant) -> Arc<ChannelLog> {
+        let mut shard = self.shard(channel);
+        if let Some(log) = shard.get(&**channel) {
+            let mut st = log.lock();
+            if now.saturating_duration_since(st.touched) <= self.ttl {
+                st.prune(now, self.size, self.ttl);
+                drop(st);
+                return Arc::clone(log);
+            }
+        }
+        let log = Arc::new(ChannelLog {
+            state: Mutex::new(LogState {
+                epoch: new_epoch(),
+                last: 0,
+                entries: VecDeque::new(),
+                touched: now,
+            }),
+        });
+        // Forget idle logs in this shard while here, so memory follows activity.
+        let ttl = self.ttl;
+        shard.retain(|_, l| now.saturating_duration_since(l.lock().touched) <= ttl);
+        shard.insert(channel.clone(), Arc::clone(&log));
+        log
+    }
+
+    /// The log of `channel` if it exists and is not idle past the TTL.
+    pub(crate) fn existing(&self, channel: &str, now: Instant) -> Option<Arc<ChannelLog>> {
+        let shard = self.shard(channel);
+        let log = shard.get(channel)?;
+        let mut st = log.lock();
+        if now.saturating_duration_since(st.touched) > self.ttl {
+            return None;
+        }
+        st.prune(now, self.size, self.ttl);
+        drop(st);
+        Some(Arc::clone(log))
+    }
+
+    /// Trims a log after an append.
+    pub(crate) fn trim(&self, st: &mut LogState, now: Instant) {
+        st.prune(now, self.size, self.ttl);
+    }
+}
+
+/// A fresh epoch: 16 random hex digits (process-random seed, so a restarted server never
+/// reuses an epoch).
+fn new_epoch() -> Arc<str> {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    Arc::from(format!("{:016x}", h.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u64) -> Bytes {
+        Bytes::from(n.to_string())
+    }
+
+    #[test]
+    fn recovery_needs_the_same_epoch_and_an_unbroken_window() {
+        let store = HistoryStore::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        let ch = ChannelName::new("c").unwrap();
+        let log = store.log(&ch, now);
+        let mut st = log.lock();
+        let epoch = st.position().epoch;
+        for _ in 0..5 {
+            let f = st.append(now, |p| frame(p.offset));
+            assert!(!f.is_empty());
+            store.trim(&mut st, now);
+        }
+        assert_eq!(st.position().offset, 5);
+        // Window holds 3, 4, 5.
+        assert_eq!(
+            st.since(&epoch, 2),
+            Some(vec![frame(3), frame(4), frame(5)])
+        );
+        assert_eq!(st.since(&epoch, 4), Some(vec![frame(5)]));
+        assert_eq!(st.since(&epoch, 5), Some(vec![]));
+        assert_eq!(st.since(&epoch, 1), None, "publication 2 is gone");
+        assert_eq!(st.since(&epoch, 6), None, "an offset from the future");
+        assert_eq!(st.since("other", 4), None, "another epoch");
+        assert_eq!(st.page(0, 2), vec![frame(3), frame(4)]);
+    }
+
+    #[test]
+    fn entries_expire_and_idle_logs_get_a_new_epoch() {
+        let ttl = Duration::from_secs(10);
+        let store = HistoryStore::new(100, ttl);
+        let t0 = Instant::now();
+        let ch = ChannelName::new("c").unwrap();
+        let epoch = {
+            let log = store.log(&ch, t0);
+            let mut st = log.lock();
+            st.append(t0, |p| frame(p.offset));
+            st.position().epoch
+        };
+        let t1 = t0 + Duration::from_secs(5);
+        {
+            let log = store.log(&ch, t1);
+            let mut st = log.lock();
+            st.append(t1, |p| frame(p.offset));
+        }
+        // At t0 + 12 s the first entry expired; the log itself is not idle (written at t1).
+        let t2 = t0 + Duration::from_secs(12);
+        let log = store.existing("c", t2).unwrap();
+        assert_eq!(log.lock().since(&epoch, 0), None);
+        assert_eq!(log.lock().since(&epoch, 1), Some(vec![frame(2)]));
+        // Idle past the TTL: a new epoch, offsets start again.
+        let t3 = t1 + Duration::from_secs(11);
+        assert!(store.existing("c", t3).is_none());
+        let fresh = store.log(&ch, t3);
+        let st = fresh.lock();
+        assert_ne!(st.position().epoch, epoch);
+        assert_eq!(st.position().offset, 0);
+    }
+}
