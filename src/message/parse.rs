@@ -89,6 +89,13 @@ struct Envelope<'a> {
 /// [`ParseError`] when the payload is not a JSON object with a string `type`, or when a
 /// subscribe/unsubscribe/publish names no channel.
 pub fn parse(payload: &[u8]) -> Result<Request<'_>, ParseError> {
+    // serde's derive also reads a struct from an array (`["subscribe","news"]`); the protocol,
+    // like go-ws, has objects only.
+    if payload.trim_ascii_start().first() == Some(&b'[') {
+        let unexpected = serde::de::Unexpected::Seq;
+        let e = serde::de::Error::invalid_type(unexpected, &"a JSON object");
+        return Err(ParseError::Json(e));
+    }
     let env: Envelope<'_> = serde_json::from_slice(payload).map_err(ParseError::Json)?;
     let channel = |kind: &'static str, allow_data: bool| -> Result<Cow<'_, str>, ParseError> {
         if let Some(c) = &env.channel {
@@ -183,6 +190,8 @@ mod tests {
         for bad in [
             &b"not json"[..],
             b"[1]",
+            br#"["subscribe","news"]"#,
+            b" [\"\"] ",
             b"{}",
             br#"{"type":1}"#,
             br#"{"type":"ping""#,
