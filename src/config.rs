@@ -412,8 +412,14 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
         Some((scheme, suffix)) => origin
             .strip_prefix(scheme)
             .and_then(|o| o.strip_prefix("://"))
-            .and_then(|host| host.strip_suffix(suffix))
-            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            .and_then(|host| host.strip_suffix(suffix)?.strip_suffix('.'))
+            // One or more DNS labels: `https://evil.test/x.example.com` is no subdomain.
+            .is_some_and(|labels| {
+                labels.split('.').all(|label| {
+                    let dns = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+                    !label.is_empty() && label.bytes().all(dns)
+                })
+            }),
         None => pattern == origin,
     }
 }

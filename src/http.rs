@@ -115,8 +115,10 @@ fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     while let Some(b) = bytes.next() {
         match b {
             b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                // Exactly two hex digits (`u8::from_str_radix` would also take "+a").
+                let digit = |b: u8| char::from(b).to_digit(16);
+                let (high, low) = (digit(bytes.next()?)?, digit(bytes.next()?)?);
+                out.push((high * 16 + low) as u8);
             }
             b'+' => out.push(b' '),
             b => out.push(b),
@@ -167,8 +169,12 @@ impl Hub {
             );
         }
         let handshake = Handshake::new(request);
-        if let Some(origin) = handshake.origin() {
-            if !self.config().origin_allowed(origin) {
+        if let Some(origin) = request.headers().get(header::ORIGIN) {
+            // A value that is not visible ASCII matches no pattern (browsers send ASCII).
+            if !self
+                .config()
+                .origin_allowed(origin.to_str().unwrap_or_default())
+            {
                 return error_response(StatusCode::FORBIDDEN, "origin not allowed");
             }
         }
