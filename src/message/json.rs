@@ -427,7 +427,9 @@ impl fmt::Display for JsonErrorKind {
 ///   127;
 /// - numbers are range-checked with Rust's correctly rounded `f64` parser, so the few numbers
 ///   within half an ULP above `f64::MAX` (e.g. `1.7976931348623158e308`, which Go accepts and
-///   rounds to `f64::MAX`) are accepted; serde_json's faster parser rejects them.
+///   rounds to `f64::MAX`) are accepted; serde_json's faster parser rejects them. Conversely,
+///   serde_json accepts a few numbers just beyond that (e.g. `1.79769313486231582e308`), which
+///   overflow and are rejected here, as Go rejects them.
 ///
 /// Lone UTF-16 surrogates in `\u` escapes are rejected, as serde_json does (Go would replace
 /// them with U+FFFD). Invalid UTF-8 is rejected too (Go would also replace it with U+FFFD).
