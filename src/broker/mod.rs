@@ -38,9 +38,24 @@ use serde::Serialize;
 
 use crate::error::ConfigError;
 
-/// Delivers a message that arrived from another node to this node's subscribers:
-/// `(channel or None for a broadcast, exact JSON text)`.
-pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, &[u8]) + Send + Sync>;
+/// Delivers a message that arrived through the broker to this node's subscribers:
+/// `(channel or None for a broadcast, whether this node published it, payload)`. The payload
+/// is the exact JSON text, preceded by `"<offset> "` on channels with history.
+pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, &[u8]) + Send + Sync>;
+
+/// A boxed future borrowing from the broker.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the broker holds of a channel's history.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StoredHistory {
+    /// The channel's epoch; `None` when it has no history (never published, or expired).
+    pub(crate) epoch: Option<String>,
+    /// Offset of the last publication.
+    pub(crate) offset: u64,
+    /// Publications after the requested offset still within the window: (offset, JSON).
+    pub(crate) entries: Vec<(u64, bytes::Bytes)>,
+}
 
 /// What a broker does for the hub.
 pub(crate) trait Broker: Send + Sync {
@@ -57,6 +72,27 @@ pub(crate) trait Broker: Send + Sync {
     fn unsubscribe(&self, channel: &str);
     /// Counters since the broker started.
     fn counters(&self) -> BrokerCounters;
+    /// How long to wait for the broker (connect and command timeout).
+    fn timeout(&self) -> Duration;
+    /// Appends a publication to `channel`'s history and sends it to every node, this one
+    /// included, in offset order: `json_head` is the message's JSON without its closing `}`,
+    /// to which the broker adds `,"offset":N,"epoch":"E"}`. Resolves to (offset, epoch).
+    fn publish_history<'a>(
+        &'a self,
+        channel: &'a str,
+        json_head: &'a [u8],
+        size: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(u64, String), String>>;
+    /// Reads `channel`'s position and up to `limit` publications after `since` that are at
+    /// most `ttl` old.
+    fn read_history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: u64,
+        limit: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<StoredHistory, String>>;
 }
 
 /// Broker counters (all zero without a broker).

@@ -12,7 +12,60 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Broker, BrokerCounters, Deliver, RedisConfig, Ring};
+use super::{BoxFuture, Broker, BrokerCounters, Deliver, RedisConfig, Ring, StoredHistory};
+
+/// Appends a publication to a channel's history and publishes it, atomically, so offsets
+/// are assigned and delivered in the same order on every node.
+///
+/// KEYS: meta hash (`e` epoch, `o` last offset), stream. ARGV: JSON head (without its closing
+/// brace), node id, max length, TTL in ms, pub/sub channel. Returns {offset, epoch}.
+const PUBLISH_HISTORY: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local json = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', json, 't', ms)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. json)
+return {offset, epoch}
+"#;
+
+/// Reads a channel's position and the publications after an offset that are not older than
+/// the TTL. KEYS: meta hash, stream. ARGV: since, limit, TTL in ms.
+/// Returns {epoch or false, offset, {offset, json, ...}}.
+const READ_HISTORY: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  return {false, 0, {}}
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+if tonumber(ARGV[2]) == 0 then
+  return {epoch, offset, out}
+end
+local entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])
+for _, e in ipairs(entries) do
+  local fields, d, ts = e[2], nil, nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'd' then d = fields[i + 1] elseif fields[i] == 't' then ts = tonumber(fields[i + 1]) end
+  end
+  if d and ts and now - ts <= tonumber(ARGV[3]) then
+    table.insert(out, string.match(e[1], '^(%d+)'))
+    table.insert(out, d)
+  end
+end
+return {epoch, offset, out}
+"#;
 
 /// Reconnect backoff of the subscriber tasks.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -22,6 +75,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const NODE_ID_LEN: usize = 8;
 
 pub(crate) struct RedisBroker {
+    timeout: Duration,
+    publish_history: redis::Script,
+    read_history: redis::Script,
     node: [u8; NODE_ID_LEN],
     prefix: String,
     ring: Ring,
@@ -104,6 +160,9 @@ impl RedisBroker {
             });
         }
         Ok(RedisBroker {
+            timeout: config.timeout,
+            publish_history: redis::Script::new(PUBLISH_HISTORY),
+            read_history: redis::Script::new(READ_HISTORY),
             node,
             prefix: config.prefix.clone(),
             ring: Ring::new(&config.urls),
@@ -167,6 +226,80 @@ impl Broker for RedisBroker {
     fn unsubscribe(&self, channel: &str) {
         let (shard, name) = self.route(Some(channel));
         let _ = shard.commands.send(Command::Unsubscribe(name));
+    }
+
+    fn publish_history<'a>(
+        &'a self,
+        channel: &'a str,
+        json_head: &'a [u8],
+        size: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(u64, String), String>> {
+        Box::pin(async move {
+            let (shard, pubsub) = self.route(Some(channel));
+            let mut conn = shard.publisher.clone();
+            let result: redis::RedisResult<(u64, String)> = self
+                .publish_history
+                .key(format!("{}m:{channel}", self.prefix))
+                .key(format!("{}h:{channel}", self.prefix))
+                .arg(json_head)
+                .arg(&self.node[..])
+                .arg(size)
+                .arg(ttl_ms(ttl))
+                .arg(pubsub)
+                .invoke_async(&mut conn)
+                .await;
+            match result {
+                Ok(position) => {
+                    self.counters.published.fetch_add(1, Ordering::Relaxed);
+                    Ok(position)
+                }
+                Err(e) => {
+                    self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("Redis publish failed: {e}"))
+                }
+            }
+        })
+    }
+
+    fn read_history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: u64,
+        limit: usize,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<StoredHistory, String>> {
+        Box::pin(async move {
+            let (shard, _) = self.route(Some(channel));
+            let mut conn = shard.publisher.clone();
+            let (epoch, offset, flat): (Option<String>, u64, Vec<Vec<u8>>) = self
+                .read_history
+                .key(format!("{}m:{channel}", self.prefix))
+                .key(format!("{}h:{channel}", self.prefix))
+                .arg(since)
+                .arg(limit)
+                .arg(ttl_ms(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| format!("Redis history read failed: {e}"))?;
+            let mut entries = Vec::with_capacity(flat.len() / 2);
+            for pair in flat.chunks_exact(2) {
+                let offset = std::str::from_utf8(&pair[0])
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("Redis history: malformed entry id")?;
+                entries.push((offset, bytes::Bytes::copy_from_slice(&pair[1])));
+            }
+            Ok(StoredHistory {
+                epoch,
+                offset,
+                entries,
+            })
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn counters(&self) -> BrokerCounters {
@@ -303,15 +436,19 @@ impl Subscriber {
                 None => return,
             },
         };
-        let Some((node, json)) = payload.split_first_chunk::<NODE_ID_LEN>() else {
+        let Some((node, rest)) = payload.split_first_chunk::<NODE_ID_LEN>() else {
             return;
         };
-        if *node == self.node {
-            return; // published here and already delivered locally
+        let own = *node == self.node;
+        if !own {
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
         }
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
-        (self.deliver)(channel, json);
+        (self.deliver)(channel, own, rest);
     }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn random_node_id() -> [u8; NODE_ID_LEN] {

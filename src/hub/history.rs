@@ -199,6 +199,102 @@ impl HistoryStore {
     }
 }
 
+/// A client recovering on a channel whose history lives in the broker: the live publications
+/// that reach this node meanwhile are held back until its recovered ones are queued.
+pub(crate) struct Recovering {
+    pub(crate) client: u64,
+    pub(crate) held: Vec<(u64, Bytes)>,
+}
+
+/// This node's view of one broker-history channel: who is recovering, and who has received
+/// (from the stored history) publications this node's live stream has not delivered yet.
+#[derive(Default)]
+pub(crate) struct RemoteState {
+    pub(crate) recovering: Vec<Recovering>,
+    /// (client, offset): the client already has every publication up to that offset; the
+    /// live copies of those that arrive late are skipped for it. Removed at the first newer
+    /// publication.
+    pub(crate) caught_up_to: Vec<(u64, u64)>,
+}
+
+/// The report a local publisher waits for: its publication comes back from the broker (in
+/// offset order with everyone else's) and is delivered here like any other.
+enum Waiter {
+    Waiting(tokio::sync::oneshot::Sender<crate::PublishReport>),
+    Done(crate::PublishReport, Instant),
+}
+
+/// Node-local state for channels whose history the broker keeps.
+#[derive(Default)]
+pub(crate) struct RemoteHistory {
+    channels: Mutex<HashMap<ChannelName, Arc<Mutex<RemoteState>>>>,
+    waiters: Mutex<HashMap<(ChannelName, u64), Waiter>>,
+}
+
+impl RemoteHistory {
+    /// The state of `channel` (created on first use; it only holds clients while they
+    /// recover, so an entry costs a few words).
+    pub(crate) fn channel(&self, channel: &ChannelName) -> Arc<Mutex<RemoteState>> {
+        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(channel.clone()).or_default())
+    }
+
+    /// Records the local delivery report of this node's own publication `offset`.
+    pub(crate) fn delivered(
+        &self,
+        channel: &ChannelName,
+        offset: u64,
+        report: crate::PublishReport,
+    ) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        match waiters.remove(&(channel.clone(), offset)) {
+            Some(Waiter::Waiting(tx)) => {
+                let _ = tx.send(report);
+            }
+            _ => {
+                // The publisher has not asked yet (or gave up): keep it briefly.
+                let now = Instant::now();
+                if waiters.len() > 1024 {
+                    waiters.retain(|_, w| match w {
+                        Waiter::Done(_, at) => {
+                            now.saturating_duration_since(*at) < Duration::from_secs(10)
+                        }
+                        Waiter::Waiting(tx) => !tx.is_closed(),
+                    });
+                }
+                waiters.insert((channel.clone(), offset), Waiter::Done(report, now));
+            }
+        }
+    }
+
+    /// Waits (up to `timeout`) for the local delivery report of this node's publication.
+    pub(crate) async fn report(
+        &self,
+        channel: &ChannelName,
+        offset: u64,
+        timeout: Duration,
+    ) -> Option<crate::PublishReport> {
+        let rx = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = (channel.clone(), offset);
+            if let Some(Waiter::Done(report, _)) = waiters.get(&key) {
+                let report = *report;
+                waiters.remove(&key);
+                return Some(report);
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waiters.insert(key, Waiter::Waiting(tx));
+            rx
+        };
+        let result = tokio::time::timeout(timeout, rx).await;
+        if result.is_err() {
+            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+            waiters.remove(&(channel.clone(), offset));
+        }
+        result.ok().and_then(Result::ok)
+    }
+}
+
 /// A fresh epoch: 16 random hex digits (process-random seed, so a restarted server never
 /// reuses an epoch).
 fn new_epoch() -> Arc<str> {

@@ -33,7 +33,7 @@ use crate::session::outbox::{Enqueue, Outbox};
 use crate::session::{self, DisconnectReason};
 pub use client::Client;
 use client::ClientShared;
-use history::HistoryStore;
+use history::{HistoryStore, RemoteHistory};
 use members::{MemberSet, Snapshot};
 use registry::Registry;
 
@@ -208,6 +208,8 @@ pub enum HistoryError {
     ChannelName(ChannelNameError),
     /// The channel matches no [`HubConfig::history`] pattern.
     NotEnabled,
+    /// The broker (Redis) could not be read.
+    Broker(String),
 }
 
 impl fmt::Display for HistoryError {
@@ -215,6 +217,7 @@ impl fmt::Display for HistoryError {
         match self {
             HistoryError::ChannelName(e) => e.fmt(f),
             HistoryError::NotEnabled => f.write_str("channel has no history"),
+            HistoryError::Broker(e) => write!(f, "history unavailable: {e}"),
         }
     }
 }
@@ -253,6 +256,8 @@ struct HubInner {
     broker: OnceLock<Arc<dyn Broker>>,
     /// Logs of the channels with history (in-memory hub).
     history: HistoryStore,
+    /// Node-local state of history channels kept by the broker.
+    remote_history: RemoteHistory,
 }
 
 /// The WebSocket hub. Cheap to clone: every clone is the same hub.
@@ -390,6 +395,7 @@ impl HubBuilder {
                 counters: AtomicCounters::default(),
                 broker: OnceLock::new(),
                 history,
+                remote_history: RemoteHistory::default(),
             }),
         })
     }
@@ -415,22 +421,15 @@ impl HubBuilder {
         #[cfg(feature = "redis")]
         if let Some(redis) = self.redis.clone() {
             redis.validate()?;
-            if !self.config.history.is_empty() {
-                return Err(ConfigError::new(
-                    "history",
-                    "channel history is not available with the Redis broker yet",
-                )
-                .into());
-            }
             let hub = HubBuilder {
                 redis: None,
                 ..self
             }
             .build_unconnected()?;
             let weak = Arc::downgrade(&hub.inner);
-            let deliver: crate::broker::Deliver = Arc::new(move |channel, json| {
+            let deliver: crate::broker::Deliver = Arc::new(move |channel, own, payload| {
                 if let Some(inner) = weak.upgrade() {
-                    Hub { inner }.deliver_remote(channel, json);
+                    Hub { inner }.deliver_remote(channel, own, payload);
                 }
             });
             let broker = crate::broker::redis::RedisBroker::connect(&redis, deliver)
@@ -525,6 +524,11 @@ impl Hub {
         };
         self.accepting()?;
         validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        if self.inner.config.has_history(channel) {
+            return self
+                .publish_broker_history(broker.as_ref(), channel, message)
+                .await;
+        }
         let frame = message.encode_frame(Some(channel), SystemTime::now());
         let local = self.publish_frame(Some(channel), &frame);
         broker
@@ -545,7 +549,8 @@ impl Hub {
     ) -> Result<PublishReport, PublishError> {
         self.accepting()?;
         let config = &self.inner.config;
-        if config.has_history(channel) {
+        // With a broker, history lives in the broker: a local-only publish is not part of it.
+        if config.has_history(channel) && !self.has_broker() {
             let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
             return Ok(self.publish_with_history(&name, message));
         }
@@ -559,6 +564,37 @@ impl Hub {
         };
         let frame = message.encode_frame(Some(channel), SystemTime::now());
         Ok(self.deliver_to(&ch.members.load(), &frame))
+    }
+
+    /// A publish on a channel whose history the broker keeps: the broker assigns the offset,
+    /// stores it and sends it to every node in offset order, this one included; the report
+    /// is what this node delivered when it came back. During a broker outage nothing is
+    /// delivered (offsets cannot be assigned) and the error says so.
+    async fn publish_broker_history(
+        &self,
+        broker: &dyn Broker,
+        channel: &str,
+        message: &Message,
+    ) -> Result<PublishReport, PublishError> {
+        let config = &self.inner.config;
+        let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
+        let head = message.json_head(Some(channel), SystemTime::now());
+        let (offset, _epoch) = broker
+            .publish_history(channel, &head, config.history_size, config.history_ttl)
+            .await
+            .map_err(|reason| PublishError::Broker {
+                reason,
+                local: PublishReport::default(),
+            })?;
+        if self.inner.channels.get(channel).is_none() {
+            return Ok(PublishReport::default());
+        }
+        let report = self
+            .inner
+            .remote_history
+            .report(&name, offset, broker.timeout())
+            .await;
+        Ok(report.unwrap_or_default())
     }
 
     /// A publish on a channel with history: the next offset, the log entry and the delivery
@@ -631,6 +667,21 @@ impl Hub {
         if !config.has_history(channel) {
             return Err(HistoryError::NotEnabled);
         }
+        if let Some(broker) = self.inner.broker.get() {
+            let stored = broker
+                .read_history(channel, since, limit, config.history_ttl)
+                .await
+                .map_err(HistoryError::Broker)?;
+            return Ok(History {
+                epoch: stored.epoch.unwrap_or_default(),
+                offset: stored.offset,
+                publications: stored
+                    .entries
+                    .iter()
+                    .map(|(_, json)| String::from_utf8_lossy(json).into_owned())
+                    .collect(),
+            });
+        }
         let Some(log) = self
             .inner
             .history
@@ -671,9 +722,189 @@ impl Hub {
     }
 
     /// A message from another node (through the broker): framed once, delivered locally.
-    pub(crate) fn deliver_remote(&self, channel: Option<&str>, json: &[u8]) {
+    ///
+    /// `own` messages were published here: already delivered, except on history channels,
+    /// whose publications every node (this one included) delivers in the broker's offset
+    /// order.
+    pub(crate) fn deliver_remote(&self, channel: Option<&str>, own: bool, payload: &[u8]) {
+        if let Some(c) = channel.filter(|c| self.inner.config.has_history(c)) {
+            self.deliver_remote_history(c, own, payload);
+            return;
+        }
+        if !own {
+            let frame = frame::encode_with(frame::OpCode::Text, payload.len(), |buf| {
+                buf.put_slice(payload)
+            });
+            self.publish_frame(channel, &frame);
+        }
+    }
+
+    /// A publication on a broker-history channel (`"<offset> <json>"`): delivered under the
+    /// channel's node-local lock, held back for clients still recovering.
+    fn deliver_remote_history(&self, channel: &str, own: bool, payload: &[u8]) {
+        let Some(space) = payload.iter().position(|&b| b == b' ') else {
+            return;
+        };
+        let Some(offset) = std::str::from_utf8(&payload[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+        else {
+            return;
+        };
+        let Ok(name) = ChannelName::with_max_len(channel, usize::MAX) else {
+            return;
+        };
+        let json = &payload[space + 1..];
         let frame = frame::encode_with(frame::OpCode::Text, json.len(), |buf| buf.put_slice(json));
-        self.publish_frame(channel, &frame);
+        let state = self.inner.remote_history.channel(&name);
+        let mut guard = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let st = &mut *guard;
+        // Clients that read the stored history further than this node's live stream has got:
+        // done once a newer publication arrives.
+        let mut skip: Vec<u64> = Vec::new();
+        st.caught_up_to.retain(|&(client, upto)| {
+            if offset <= upto {
+                skip.push(client);
+            }
+            offset < upto
+        });
+        let report = match self.inner.channels.get(channel) {
+            Some(ch) if st.recovering.is_empty() && skip.is_empty() => {
+                self.deliver_to(&ch.members.load(), &frame)
+            }
+            Some(ch) => self.deliver_except(&ch.members.load(), &frame, |client| {
+                if skip.contains(&client.id) {
+                    return true; // it has this one already
+                }
+                match st.recovering.iter_mut().find(|r| r.client == client.id) {
+                    Some(r) => {
+                        r.held.push((offset, frame.clone()));
+                        true
+                    }
+                    None => false,
+                }
+            }),
+            None => PublishReport::default(),
+        };
+        drop(guard);
+        if own {
+            self.inner.remote_history.delivered(&name, offset, report);
+        }
+    }
+
+    /// A client's subscribe on a broker-history channel (see [`Hub::subscribe_with_history`]
+    /// for the in-memory one): join while marked as recovering, wait until the broker
+    /// delivers the channel here, read the stored history, then queue the answer, the
+    /// recovered publications and the live ones held meanwhile, without gap or duplicate
+    /// (offsets decide). Resolves to an error reply, if any.
+    pub(crate) async fn subscribe_with_broker_history(
+        self,
+        client: Arc<ClientShared>,
+        channel: String,
+        since: Option<(u64, String)>,
+    ) -> Option<String> {
+        let Some(broker) = self.inner.broker.get().cloned() else {
+            return Some("no broker".to_owned());
+        };
+        let config = &self.inner.config;
+        let name = match ChannelName::with_max_len(&channel, config.max_channel_name_len) {
+            Ok(n) => n,
+            Err(e) => return Some(e.to_string()),
+        };
+        let state = self.inner.remote_history.channel(&name);
+        let lock = || {
+            state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let joined = {
+            let mut st = lock();
+            let joined = self.subscribe_shared(&client, &channel);
+            if let Ok((true, _)) = &joined {
+                st.recovering.push(history::Recovering {
+                    client: client.id,
+                    held: Vec::new(),
+                });
+            }
+            joined
+        };
+        let wait = match joined {
+            Err(e) => return Some(e.to_string()),
+            Ok((false, _)) => {
+                // Already subscribed and receiving live: nothing to recover or hold.
+                return None;
+            }
+            Ok((true, wait)) => wait,
+        };
+        if let Some(wait) = wait {
+            wait.await;
+        }
+        let (from, limit) = match &since {
+            Some((offset, _)) => (*offset, config.history_size),
+            None => (0, 0),
+        };
+        let read = broker
+            .read_history(&channel, from, limit, config.history_ttl)
+            .await;
+        let mut st = lock();
+        let held = match st.recovering.iter().position(|r| r.client == client.id) {
+            Some(i) => st.recovering.swap_remove(i).held,
+            None => Vec::new(),
+        };
+        let (stored, error) = match read {
+            Ok(stored) => (stored, None),
+            Err(e) => (
+                crate::broker::StoredHistory::default(),
+                Some(format!("history unavailable: {e}")),
+            ),
+        };
+        let epoch = stored.epoch.clone().unwrap_or_default();
+        let recovered = since.as_ref().and_then(|(offset, wanted)| {
+            let entries = &stored.entries;
+            let same_epoch = stored.epoch.as_deref() == Some(wanted.as_str());
+            let complete = *offset == stored.offset
+                || (*offset < stored.offset
+                    && entries.first().map(|e| e.0) == Some(offset + 1)
+                    && entries.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+            (same_epoch && complete).then_some(entries)
+        });
+        let frames: Vec<Bytes> = recovered
+            .into_iter()
+            .flatten()
+            .map(|(_, json)| {
+                frame::encode_with(frame::OpCode::Text, json.len(), |b| b.put_slice(json))
+            })
+            .collect();
+        let recovered_ok = error.is_none() && client.outbox.has_room_for(&frames);
+        let answer = since.as_ref().map(|_| recovered_ok && recovered.is_some());
+        let _ = client.outbox.push_data(crate::message::subscribed_frame(
+            &channel,
+            answer,
+            &epoch,
+            stored.offset,
+        ));
+        let mut last = stored.offset;
+        if answer == Some(true) {
+            if let (Some((offset, _)), Some(entries)) = (&since, recovered) {
+                last = entries.last().map_or(*offset, |e| e.0);
+            }
+            for f in frames {
+                let _ = client.outbox.push_data(f);
+            }
+        }
+        for (offset, frame) in held {
+            if offset > last {
+                let _ = client.outbox.push_data(frame);
+                last = offset;
+            }
+        }
+        // The stored history may be ahead of this node's live stream: publications up to
+        // `last` can still arrive live, and this client has them already.
+        st.caught_up_to.push((client.id, last));
+        drop(st);
+        error
     }
 
     /// Sends `message` to every connected client (go-ws `Broadcast`), unchanged.
@@ -758,6 +989,17 @@ impl Hub {
 
     /// Queues one shared frame for every member of `members`.
     fn deliver_to(&self, members: &Snapshot, frame: &Bytes) -> PublishReport {
+        self.deliver_except(members, frame, |_| false)
+    }
+
+    /// Like `deliver_to`, except for the members `hold` takes care of itself (they count as
+    /// enqueued).
+    fn deliver_except(
+        &self,
+        members: &Snapshot,
+        frame: &Bytes,
+        mut hold: impl FnMut(&Arc<ClientShared>) -> bool,
+    ) -> PublishReport {
         self.inner
             .counters
             .published
@@ -765,6 +1007,10 @@ impl Hub {
         let mut report = PublishReport::default();
         let mut slow = 0;
         for client in members.iter() {
+            if hold(client) {
+                report.enqueued += 1;
+                continue;
+            }
             match client.outbox.push_data(frame.clone()) {
                 Enqueue::Queued => report.enqueued += 1,
                 Enqueue::Dropped => report.dropped += 1,

@@ -273,6 +273,14 @@ impl Message {
         out.put_u8(b'}');
     }
 
+    /// The JSON without its closing `}` (a broker appends the position on history channels).
+    pub(crate) fn json_head(&self, channel: Option<&str>, timestamp: SystemTime) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.size_hint());
+        self.write_json(&mut out, channel, timestamp);
+        out.pop();
+        out
+    }
+
     /// Encodes the message once into a complete, unmasked text frame.
     pub(crate) fn encode_frame(&self, channel: Option<&str>, timestamp: SystemTime) -> Bytes {
         self.encode_frame_at(channel, timestamp, None)

@@ -459,10 +459,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !hub.channel_allowed(&self.client, channel, ChannelAction::Subscribe) {
             return Err(format!("not allowed to subscribe to {channel:?}"));
         }
-        if hub.config().has_history(channel) && !hub.has_broker() {
-            return hub
-                .subscribe_with_history(&self.client, channel, since)
-                .map_err(|e| e.to_string());
+        if hub.config().has_history(channel) {
+            if !hub.has_broker() {
+                return hub
+                    .subscribe_with_history(&self.client, channel, since)
+                    .map_err(|e| e.to_string());
+            }
+            // The next request is read once the recovery is queued.
+            let since = since.map(|(offset, epoch)| (offset, epoch.to_owned()));
+            let work = hub.clone().subscribe_with_broker_history(
+                Arc::clone(&self.client),
+                channel.to_owned(),
+                since,
+            );
+            self.pending = Some(Box::pin(work));
+            return Ok(());
         }
         let (_, wait) = hub
             .subscribe_shared(&self.client, channel)

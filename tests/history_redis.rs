@@ -1,0 +1,317 @@
+//! History and recovery with the Redis broker: the history lives in Redis (a stream per
+//! channel), so any node can serve a resume; offsets are assigned by Redis and every node
+//! delivers in offset order.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::redis_server::RedisServer;
+use support::*;
+use wshub::{ChannelPattern, Hub, HubConfig, Json, Message, RedisConfig};
+
+async fn node(redis: &RedisServer, size: usize) -> TestServer {
+    let config = HubConfig::default()
+        .history(vec![ChannelPattern::new("feed:*").unwrap()])
+        .history_size(size)
+        .max_queued_frames(1 << 20)
+        .max_queued_bytes(64 << 20);
+    let hub = Hub::builder()
+        .config(config)
+        .redis(RedisConfig::new([redis.url()]).timeout(Duration::from_secs(1)))
+        .connect()
+        .await
+        .expect("connect to Redis");
+    TestServer::start(hub).await
+}
+
+fn numbered(i: u64) -> Message {
+    Message::new("event").with_data(Json::parse(i.to_string()).unwrap())
+}
+
+async fn subscribe_at(ws: &mut Ws, channel: &str, from: Option<(u64, &str)>) -> Value {
+    let request = match from {
+        Some((offset, epoch)) => format!(
+            r#"{{"type":"subscribe","channel":"{channel}","offset":{offset},"epoch":"{epoch}"}}"#
+        ),
+        None => format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#),
+    };
+    send(ws, &request).await;
+    let answer = recv_json(ws).await;
+    assert_eq!(answer["type"], "subscribed", "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn publications_get_redis_offsets_and_the_local_report_is_exact() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, 100).await, node(&redis, 100).await);
+    let mut on_a = a.connect().await;
+    let mut on_b = b.connect().await;
+    let epoch = subscribe_at(&mut on_a, "feed:x", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(epoch, "", "nothing published yet: no epoch");
+    subscribe_at(&mut on_b, "feed:x", None).await;
+    for i in 1..=20 {
+        let report = b.hub.publish("feed:x", &numbered(i)).await.unwrap();
+        assert_eq!(
+            report.enqueued, 1,
+            "the origin's own subscriber, delivered in offset order"
+        );
+    }
+    let mut epochs = Vec::new();
+    for ws in [&mut on_a, &mut on_b] {
+        for i in 1..=20 {
+            let v = recv_json(ws).await;
+            assert_eq!(
+                (v["offset"].as_u64(), v["data"].as_u64()),
+                (Some(i), Some(i))
+            );
+            epochs.push(v["epoch"].as_str().unwrap().to_owned());
+        }
+        expect_silence(ws, Duration::from_millis(100)).await;
+    }
+    epochs.dedup();
+    assert_eq!(epochs.len(), 1, "one epoch on every node");
+    close(on_a).await;
+    close(on_b).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_cut_repeatedly_resumes_on_any_node_without_loss() {
+    const TOTAL: u64 = 300;
+    let redis = RedisServer::start().await;
+    let nodes = [node(&redis, 1000).await, node(&redis, 1000).await];
+    let publisher_node = node(&redis, 1000).await;
+    let hub = publisher_node.hub.clone();
+    let mut received = Vec::new();
+    let mut position: Option<(u64, String)> = None;
+    let mut publisher = None;
+    let mut round = 0usize;
+    while received.last().copied() != Some(TOTAL) {
+        let server = &nodes[round % 2];
+        let (mut ws, id) = server.connect_client().await;
+        let from = position.as_ref().map(|(o, e)| (*o, e.as_str()));
+        let answer = subscribe_at(&mut ws, "feed:steady", from).await;
+        if position.is_some() {
+            assert_eq!(answer["recovered"], true, "round {round}: {answer}");
+        }
+        if publisher.is_none() {
+            let hub = hub.clone();
+            publisher = Some(tokio::spawn(async move {
+                for i in 1..=TOTAL {
+                    hub.publish("feed:steady", &numbered(i)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        for _ in 0..(20 + round * 11) {
+            let v = recv_json(&mut ws).await;
+            let offset = v["offset"].as_u64().unwrap();
+            assert_eq!(v["data"].as_u64(), Some(offset));
+            received.push(offset);
+            position = Some((offset, v["epoch"].as_str().unwrap().to_owned()));
+            if offset == TOTAL {
+                break;
+            }
+        }
+        if received.last().copied() != Some(TOTAL) {
+            server.hub.client(id).expect("connected").kill_connection();
+        }
+        round += 1;
+    }
+    publisher.expect("started").await.unwrap();
+    assert!(round >= 4, "{round} rounds");
+    assert_eq!(
+        received,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "exactly once, in order"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    publisher_node.stop().await;
+}
+
+#[tokio::test]
+async fn the_subscribers_node_restarts_while_publishing_continues_elsewhere() {
+    let redis = RedisServer::start().await;
+    let publisher_node = node(&redis, 1000).await;
+    let first = node(&redis, 1000).await;
+    let mut ws = first.connect().await;
+    subscribe_at(&mut ws, "feed:restart", None).await;
+    for i in 1..=10 {
+        publisher_node
+            .hub
+            .publish("feed:restart", &numbered(i))
+            .await
+            .unwrap();
+    }
+    let mut last = None;
+    for i in 1..=10 {
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["offset"].as_u64(), Some(i));
+        last = Some((i, v["epoch"].as_str().unwrap().to_owned()));
+    }
+    drop(ws);
+    first.stop().await; // the subscriber's node goes away...
+    for i in 11..=30 {
+        publisher_node
+            .hub
+            .publish("feed:restart", &numbered(i))
+            .await
+            .unwrap();
+    }
+    let second = node(&redis, 1000).await; // ...and a new one comes up
+    let mut ws = second.connect().await;
+    let (offset, epoch) = last.unwrap();
+    let answer = subscribe_at(&mut ws, "feed:restart", Some((offset, &epoch))).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    for i in 11..=30 {
+        assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(i));
+    }
+    publisher_node
+        .hub
+        .publish("feed:restart", &numbered(31))
+        .await
+        .unwrap();
+    assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(31));
+    close(ws).await;
+    second.stop().await;
+    publisher_node.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_window_the_client_is_told_not_recovered() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 5).await;
+    for i in 1..=3 {
+        a.hub.publish("feed:w", &numbered(i)).await.unwrap();
+    }
+    let epoch = a.hub.history("feed:w", 0, 10).await.unwrap().epoch;
+    for i in 4..=12 {
+        a.hub.publish("feed:w", &numbered(i)).await.unwrap();
+    }
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:w", Some((3, &epoch))).await;
+    assert_eq!(answer["recovered"], false, "only 8..12 are kept: {answer}");
+    assert_eq!(
+        (answer["offset"].as_u64(), answer["epoch"].as_str()),
+        (Some(12), Some(epoch.as_str()))
+    );
+    let answer = subscribe_at(&mut ws, "feed:w2", Some((3, &epoch))).await;
+    assert_eq!(answer["recovered"], false, "another channel, no history");
+    let mut again = a.connect().await;
+    let answer = subscribe_at(&mut again, "feed:w", Some((9, &epoch))).await;
+    assert_eq!(answer["recovered"], true);
+    for i in 10..=12 {
+        assert_eq!(recv_json(&mut again).await["offset"].as_u64(), Some(i));
+    }
+    // The HTTP API reads the same history.
+    let (status, body) = http(
+        a.addr,
+        "GET",
+        "/api/history?channel=feed:w&since=10",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let offsets: Vec<u64> = v["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [11, 12]);
+    close(ws).await;
+    close(again).await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled_with_redis() {
+    const ROUNDS: usize = 60;
+    let redis = RedisServer::start().await;
+    let subscriber_node = node(&redis, 100_000).await;
+    let publisher_node = node(&redis, 100_000).await;
+    let racing = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    // Four publishers: each publish is a Redis round trip, and the resumes must race many.
+    let publishers: Vec<_> = (0..4)
+        .map(|_| {
+            let hub = publisher_node.hub.clone();
+            let (racing, done) = (Arc::clone(&racing), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !done.load(Ordering::Relaxed) && i < 20_000 {
+                    if racing.load(Ordering::Relaxed) {
+                        i += 1;
+                        hub.publish("feed:race", &numbered(i)).await.unwrap();
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                i
+            })
+        })
+        .collect();
+    let mut last: Option<(u64, String)> = None;
+    for round in 0..ROUNDS {
+        racing.store(true, Ordering::Relaxed);
+        let (mut ws, id) = subscriber_node.connect_client().await;
+        let from = last.as_ref().map(|(o, e)| (*o, e.as_str()));
+        let answer = subscribe_at(&mut ws, "feed:race", from).await;
+        racing.store(false, Ordering::Relaxed);
+        if last.is_some() {
+            assert_eq!(answer["recovered"], true, "round {round}: {answer}");
+        }
+        let mut expected = match &last {
+            Some((o, _)) => o + 1,
+            None => answer["offset"].as_u64().unwrap() + 1,
+        };
+        for _ in 0..3 {
+            publisher_node
+                .hub
+                .publish("feed:race", &Message::new("marker"))
+                .await
+                .unwrap();
+        }
+        let mut markers = 0;
+        while markers < 3 {
+            let v = recv_json(&mut ws).await;
+            assert_eq!(
+                v["offset"].as_u64(),
+                Some(expected),
+                "round {round}: gap or duplicate"
+            );
+            markers += usize::from(v["type"] == "marker");
+            last = Some((expected, v["epoch"].as_str().unwrap().to_owned()));
+            expected += 1;
+        }
+        subscriber_node
+            .hub
+            .client(id)
+            .expect("connected")
+            .kill_connection();
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut published = 0;
+    for p in publishers {
+        published += p.await.unwrap();
+    }
+    assert!(
+        published > 300,
+        "the publishers raced the resumes ({published} publications)"
+    );
+    subscriber_node.stop().await;
+    publisher_node.stop().await;
+}
