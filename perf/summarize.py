@@ -152,6 +152,9 @@ def main():
         skipped = [p["loss"]["skipped"] for d in docs for p in d["phases"]]
         lost = [p["loss"]["lost"] for d in docs for p in d["phases"]]
         errors = [p["errors"] for d in docs for p in d["phases"]]
+        other = [p["loadgen"].get("other_user_cpu", 0) for d in docs for p in d["phases"]]
+        if other and med(other) > 0.05:
+            notes.append(f"{test}/{s}: machine not quiet: other processes used {med(other):.2f} cores (median) during the windows")
         if sat:
             notes.append(f"{test}/{s}: load generator core saturated in {sat} of {len(docs)} runs (the figure is a floor)")
         if any(skipped):

@@ -730,6 +730,12 @@ pub async fn run_phase(
         _ => None,
     };
     let lg = s1.me.cpu_s - s0.me.cpu_s;
+    let server_user = match (s0.server, s1.server) {
+        (Some(a), Some(b)) => b.user_s - a.user_s,
+        _ => 0.0,
+    };
+    let other_user =
+        (s1.machine_user_s - s0.machine_user_s) - server_user - (s1.me.user_s - s0.me.user_s);
     let expected = fin.expected - base.expected;
     let received = fin.delivered - base.delivered;
     let lost = expected.saturating_sub(received);
@@ -778,6 +784,7 @@ pub async fn run_phase(
         loadgen: Loadgen {
             cpu_util: lg / wall,
             saturated: lg / wall > SATURATED,
+            other_user_cpu: (other_user / wall).max(0.0),
         },
         idle: None,
         errors: fin.errors - base.errors,
@@ -813,6 +820,7 @@ impl Counts {
 
 struct Snapshot {
     at: Instant,
+    machine_user_s: f64,
     counts: Counts,
     server: Option<Sample>,
     me: Sample,
@@ -822,6 +830,7 @@ impl Snapshot {
     fn take(sh: &Shared, pid: Option<u32>) -> Self {
         Snapshot {
             at: Instant::now(),
+            machine_user_s: procfs::machine_user_s().unwrap_or(0.0),
             counts: Counts::take(sh),
             server: pid.and_then(|p| procfs::sample(Some(p))),
             me: procfs::sample(None).unwrap_or_default(),

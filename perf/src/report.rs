@@ -72,6 +72,10 @@ pub struct Loadgen {
     /// Whether the load generator's core was (nearly) saturated: the figures may then be
     /// limited by the load generator rather than the server.
     pub saturated: bool,
+    /// User CPU time of *other* processes on the machine during the window, in cores
+    /// (machine user time minus the server's and the load generator's). Above 0.05 the
+    /// machine was not quiet and the figures are disturbed.
+    pub other_user_cpu: f64,
 }
 
 /// Idle-connection memory (scenario `idle`).
@@ -207,6 +211,13 @@ pub fn table(phases: &[Phase]) -> String {
                 p.closed
             );
         }
+        if p.loadgen.other_user_cpu > 0.05 {
+            let _ = writeln!(
+                out,
+                "note {}/{}: the machine was not quiet: other processes used {:.2} cores during the window",
+                p.scenario, p.phase, p.loadgen.other_user_cpu
+            );
+        }
         if p.loadgen.saturated {
             let _ = writeln!(
                 out,
@@ -244,6 +255,7 @@ mod tests {
             loadgen: Loadgen {
                 cpu_util: 0.97,
                 saturated: true,
+                other_user_cpu: 0.5,
             },
             ..Phase::default()
         };
@@ -251,6 +263,7 @@ mod tests {
         assert!(t.contains("chat/max"));
         assert!(t.contains("2.50M"));
         assert!(t.contains("SATURATED"));
+        assert!(t.contains("not quiet"));
         assert_eq!(human(1500.0), "1.5k");
     }
 }
