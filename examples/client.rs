@@ -1,6 +1,8 @@
 //! A reconnecting client: subscribes to channels on a wshub (or go-ws) server and prints every
 //! message it receives as one JSON line on stdout; status lines go to stderr. It reconnects
-//! and subscribes again whenever the server goes away and comes back.
+//! and subscribes again whenever the server goes away and comes back. On channels with
+//! history (`wshub --history PATTERN`) it resumes where it stopped: the publications it missed
+//! are printed after a "recovered" status line, or a "not recovered" line says they are lost.
 //!
 //! Run with: `cargo run --release --example client -- ws://127.0.0.1:8080/ws CHANNEL...`
 //!
@@ -80,6 +82,22 @@ async fn main() -> ExitCode {
             Event::Reconnected { attempt } => {
                 eprintln!("client: reconnected after {attempt} dial(s), subscriptions restored");
             }
+            Event::Recovered {
+                channel,
+                epoch,
+                offset,
+            } => eprintln!(
+                "client: {channel}: recovered, missed publications after offset {offset} \
+                 (epoch {epoch}) follow"
+            ),
+            Event::NotRecovered {
+                channel,
+                epoch,
+                offset,
+            } => eprintln!(
+                "client: {channel}: not recovered, publications were missed; continuing \
+                 after offset {offset} (epoch {epoch})"
+            ),
             Event::Disconnected(why) => eprintln!("client: disconnected: {why}"),
             Event::ConnectFailed {
                 error,

@@ -5,9 +5,15 @@
 //! its read and write halves, the loop owns one reusable read buffer and one write buffer,
 //! and partial writes resume where they stopped. Nothing here allocates per message except
 //! the message itself (a text frame's lines are slices of the frame's buffer).
+//!
+//! The connection also keeps each channel's position (see
+//! [`ReconnectingClient::position`](super::ReconnectingClient::position)): the server's
+//! messages that carry an `offset` are parsed for it as they are handed to the application,
+//! and the answers to the client's own subscribes on channels with history become positions
+//! and [`Event::Recovered`]/[`Event::NotRecovered`] rather than messages.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,9 +22,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::error::ClientError;
-use super::{ClientConfig, Event, EventSink, ReceivedMessage, Shared, State};
+use super::{ClientConfig, Event, EventSink, Position, ReceivedMessage, Shared, State};
 use crate::frame::{close_code, encode_masked, CloseFrame, Decoder, Frame, OpCode, Role};
 use crate::message::channel::ChannelName;
+use crate::message::json::write_string;
 
 /// Free space ensured in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -31,9 +38,14 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// reading cannot grow the write buffer without bound.
 const CONTROL_HIGH_WATER: usize = 256 * 1024;
 
-/// Messages held back while the client waits for the server to confirm its subscriptions;
-/// past this the client stops waiting and goes live.
-const MAX_HELD: usize = 1024;
+/// Bytes of messages held back while the client waits for the server to confirm its
+/// subscriptions; past this the client stops waiting and goes live. A resume can bring many
+/// missed publications before the confirmation: a wshub server sends at most its per-client
+/// queue limit (1 MiB by default) at once.
+const MAX_HELD_BYTES: usize = 8 << 20;
+
+/// What each held message counts against [`MAX_HELD_BYTES`] besides its payload.
+const HELD_OVERHEAD: usize = 64;
 
 /// The application-level ping whose pong confirms that the server has processed every
 /// subscribe sent before it.
@@ -75,9 +87,9 @@ struct Conn<'a> {
     write_stalled_since: Option<Instant>,
     /// When the last bytes arrived (after the events they produced were delivered).
     last_rx: Instant,
-    /// The channels this connection has subscribed to, and the subscription version
-    /// they reflect.
-    subscribed: BTreeSet<ChannelName>,
+    /// The channels this connection has subscribed to (with the version that added each),
+    /// and the subscription version they reflect.
+    subscribed: BTreeMap<ChannelName, u64>,
     subscribed_version: u64,
     /// The client has announced the connection and accepts `send`.
     live: bool,
@@ -85,8 +97,10 @@ struct Conn<'a> {
     awaiting_pong: bool,
     /// Give up waiting for that pong at this time.
     sync_deadline: Instant,
-    /// Messages that arrived before the connection went live.
+    /// Messages that arrived before the connection went live, and what they count against
+    /// [`MAX_HELD_BYTES`].
     held: Vec<ReceivedMessage>,
+    held_bytes: usize,
     closing: Option<Closing>,
 }
 
@@ -117,12 +131,13 @@ where
         needs_flush: false,
         write_stalled_since: None,
         last_rx: now,
-        subscribed: BTreeSet::new(),
+        subscribed: BTreeMap::new(),
         subscribed_version: u64::MAX,
         live: false,
         awaiting_pong: false,
         sync_deadline: now + config.connect_timeout,
         held: Vec::new(),
+        held_bytes: 0,
         closing: None,
     };
     let reason = conn.drive(&mut rd, &mut wr, &out_tx, &mut out_rx).await;
@@ -290,7 +305,8 @@ impl Conn<'_> {
         }
         if !self.live && now >= self.sync_deadline {
             // The server never answered the ping (not every server does): go on without
-            // the confirmation.
+            // the confirmation, and hand a late pong to the application.
+            self.awaiting_pong = false;
             self.go_live(out_tx).await;
         }
         Flow::Continue
@@ -402,17 +418,25 @@ impl Conn<'_> {
         if self.closing.is_some() {
             return;
         }
-        if self.live {
-            self.events.emit(Event::Message(message)).await;
-            return;
-        }
         if self.awaiting_pong && is_pong(&message) {
+            // The confirmation; it is consumed even if too much arrived before it and the
+            // connection went live without it.
             self.awaiting_pong = false;
-            self.go_live(out_tx).await;
+            if !self.live {
+                self.go_live(out_tx).await;
+            }
             return;
         }
+        if self.live {
+            self.emit_message(message).await;
+            return;
+        }
+        if self.take_position_answer(&message) {
+            return;
+        }
+        self.held_bytes += message.payload().len() + HELD_OVERHEAD;
         self.held.push(message);
-        if self.held.len() >= MAX_HELD {
+        if self.held_bytes > MAX_HELD_BYTES {
             self.go_live(out_tx).await;
         }
     }
@@ -425,8 +449,106 @@ impl Conn<'_> {
         if let Some(event) = self.announce.take() {
             self.events.emit(event).await;
         }
+        self.held_bytes = 0;
         for message in std::mem::take(&mut self.held) {
+            self.emit_message(message).await;
+        }
+    }
+
+    /// Records the position a plain `subscribed` answer (not to a resume) gives on a
+    /// subscribed channel; `true` if `message` was one. Done as it arrives, so the positions
+    /// are known when the connection is announced.
+    fn take_position_answer(&self, message: &ReceivedMessage) -> bool {
+        if self.subscribed.is_empty() {
+            return false;
+        }
+        match message.text().and_then(positioned) {
+            Some(Positioned::Subscribed {
+                channel,
+                recovered: None,
+                epoch,
+                offset,
+            }) if self.subscribed.contains_key(&*channel) => {
+                self.shared.set_position(&channel, &epoch, offset);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands a message to the application and keeps the positions up to date: a publication
+    /// on a subscribed channel that carries its position moves the channel's position as it
+    /// enters the event queue; the answer to a subscribe on a channel with history is not a
+    /// message but a position, announced as [`Event::Recovered`] or [`Event::NotRecovered`]
+    /// when it answers a resume. A position moves before its event is queued (so
+    /// [`position`](super::ReconnectingClient::position) reflects every event the
+    /// application has seen), and moves back if the event cannot be queued (the client is
+    /// closing), so that it never covers an event the application did not get.
+    async fn emit_message(&mut self, message: ReceivedMessage) {
+        let positioned = if self.subscribed.is_empty() {
+            None
+        } else {
+            message.text().and_then(positioned)
+        };
+        let Some((channel, positioned)) = positioned.and_then(|p| {
+            let (channel, _) = self.subscribed.get_key_value(p.channel())?;
+            Some((channel.clone(), p))
+        }) else {
             self.events.emit(Event::Message(message)).await;
+            return;
+        };
+        match positioned {
+            Positioned::Publication { epoch, offset, .. } => {
+                let undo = self.shared.set_position(&channel, &epoch, offset);
+                if !self.events.emit(Event::Message(message.clone())).await {
+                    self.shared.undo_position(&channel, undo);
+                }
+            }
+            Positioned::Subscribed {
+                recovered: None,
+                epoch,
+                offset,
+                ..
+            } => {
+                self.shared.set_position(&channel, &epoch, offset);
+            }
+            Positioned::Subscribed {
+                recovered: Some(true),
+                ..
+            } => {
+                // The publications after the position the client sent follow; it stands.
+                match self.shared.position(&channel) {
+                    Some(Position { epoch, offset }) => {
+                        let event = Event::Recovered {
+                            channel,
+                            epoch,
+                            offset,
+                        };
+                        self.events.emit(event).await;
+                    }
+                    // Not an answer to a resume of this client's: the application's own.
+                    None => {
+                        self.events.emit(Event::Message(message.clone())).await;
+                    }
+                }
+            }
+            Positioned::Subscribed {
+                recovered: Some(false),
+                epoch,
+                offset,
+                ..
+            } => {
+                let undo = self.shared.set_position(&channel, &epoch, offset);
+                let event = Event::NotRecovered {
+                    channel: channel.clone(),
+                    epoch: epoch.into_owned(),
+                    offset,
+                };
+                // A position saved after the stream ended never skips an unannounced gap.
+                if !self.events.emit(event).await {
+                    self.shared.undo_position(&channel, undo);
+                }
+            }
         }
     }
 
@@ -446,24 +568,32 @@ impl Conn<'_> {
         }
     }
 
-    /// Brings the server's view of our subscriptions in line with the remembered set.
+    /// Brings the server's view of our subscriptions in line with the remembered set: a
+    /// channel with a known position is subscribed with it, so the server resumes it.
     fn sync_subscriptions(&mut self) {
         let (wanted, version) = self.shared.subscription_snapshot();
         if version == self.subscribed_version {
             return;
         }
         self.subscribed_version = version;
-        let removed: Vec<ChannelName> = self.subscribed.difference(&wanted).cloned().collect();
-        for channel in removed {
-            self.push_frame(OpCode::Text, &request("unsubscribe", &channel));
+        // Removed, or removed and added again since the last synchronisation.
+        let stale: Vec<ChannelName> = self
+            .subscribed
+            .iter()
+            .filter(|(channel, added)| wanted.get(*channel).is_none_or(|s| s.added != **added))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in stale {
+            self.push_frame(OpCode::Text, &request("unsubscribe", &channel, None));
             self.subscribed.remove(&channel);
         }
-        for channel in &wanted {
-            if !self.subscribed.contains(channel) {
-                self.push_frame(OpCode::Text, &request("subscribe", channel));
+        for (channel, subscription) in wanted {
+            if !self.subscribed.contains_key(&channel) {
+                let request = request("subscribe", &channel, subscription.position.as_ref());
+                self.push_frame(OpCode::Text, &request);
+                self.subscribed.insert(channel, subscription.added);
             }
         }
-        self.subscribed = wanted;
     }
 
     /// Queues a masked frame with a fresh random key.
@@ -506,13 +636,87 @@ where
 }
 
 /// A subscribe or unsubscribe request in the form both wshub and go-ws read: wshub takes
-/// `channel`, go-ws takes `data`. Channel names need no JSON escaping.
-fn request(kind: &str, channel: &ChannelName) -> Vec<u8> {
-    format!(
-        r#"{{"type":"{kind}","channel":"{name}","data":"{name}"}}"#,
+/// `channel`, go-ws takes `data`. Channel names need no JSON escaping. With a position, the
+/// subscribe asks a wshub server to resume from it (go-ws ignores the extra fields).
+fn request(kind: &str, channel: &ChannelName, position: Option<&Position>) -> Vec<u8> {
+    let mut out = format!(
+        r#"{{"type":"{kind}","channel":"{name}","data":"{name}""#,
         name = channel.as_str()
     )
-    .into_bytes()
+    .into_bytes();
+    if let Some(position) = position {
+        out.extend_from_slice(format!(r#","offset":{},"epoch":"#, position.offset).as_bytes());
+        write_string(&mut out, &position.epoch);
+    }
+    out.push(b'}');
+    out
+}
+
+/// A server message that carries a position in a channel's history.
+#[derive(Debug, PartialEq, Eq)]
+enum Positioned<'a> {
+    /// A publication on a channel with history:
+    /// `{"type":T,"channel":C,...,"offset":N,"epoch":E}`.
+    Publication {
+        channel: Cow<'a, str>,
+        epoch: Cow<'a, str>,
+        offset: u64,
+    },
+    /// The answer to a subscribe on a channel with history:
+    /// `{"type":"subscribed","channel":C[,"recovered":R],"epoch":E,"offset":N,...}`.
+    Subscribed {
+        channel: Cow<'a, str>,
+        recovered: Option<bool>,
+        epoch: Cow<'a, str>,
+        offset: u64,
+    },
+}
+
+impl Positioned<'_> {
+    fn channel(&self) -> &str {
+        match self {
+            Positioned::Publication { channel, .. } | Positioned::Subscribed { channel, .. } => {
+                channel
+            }
+        }
+    }
+}
+
+/// The position a server message carries, if any. Only messages with an `"offset"` are
+/// parsed, into a borrowed struct (`data` is skipped, not built).
+fn positioned(text: &str) -> Option<Positioned<'_>> {
+    #[derive(serde::Deserialize)]
+    struct Fields<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(default, borrow)]
+        channel: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        epoch: Option<Cow<'a, str>>,
+        #[serde(default)]
+        offset: Option<u64>,
+        #[serde(default)]
+        recovered: Option<bool>,
+    }
+    if !text.contains(r#""offset""#) {
+        return None;
+    }
+    let fields: Fields<'_> = serde_json::from_str(text).ok()?;
+    let (channel, epoch, offset) = (fields.channel?, fields.epoch?, fields.offset?);
+    Some(if fields.kind == "subscribed" {
+        Positioned::Subscribed {
+            channel,
+            recovered: fields.recovered,
+            epoch,
+            offset,
+        }
+    } else {
+        Positioned::Publication {
+            channel,
+            epoch,
+            offset,
+        }
+    })
 }
 
 /// Whether a message is the server's `{"type":"pong",...}` reply.
@@ -545,9 +749,69 @@ mod tests {
     fn requests_name_the_channel_twice() {
         let c = ChannelName::new("process:1").unwrap();
         assert_eq!(
-            request("subscribe", &c),
+            request("subscribe", &c, None),
             br#"{"type":"subscribe","channel":"process:1","data":"process:1"}"#
         );
+    }
+
+    #[test]
+    fn resumes_carry_the_position() {
+        let c = ChannelName::new("feed:1").unwrap();
+        let position = Position {
+            epoch: "e\"1".to_owned(),
+            offset: 41,
+        };
+        assert_eq!(
+            request("subscribe", &c, Some(&position)),
+            br#"{"type":"subscribe","channel":"feed:1","data":"feed:1","offset":41,"epoch":"e\"1"}"#
+        );
+    }
+
+    #[test]
+    fn finds_positions() {
+        assert_eq!(
+            positioned(
+                r#"{"type":"event","channel":"feed:a","data":{"offset":[1]},"timestamp":"t","offset":7,"epoch":"e1"}"#
+            ),
+            Some(Positioned::Publication {
+                channel: "feed:a".into(),
+                epoch: "e1".into(),
+                offset: 7
+            })
+        );
+        assert_eq!(
+            positioned(
+                r#"{"type":"subscribed","channel":"feed:a","recovered":false,"epoch":"e2","offset":0,"timestamp":"t"}"#
+            ),
+            Some(Positioned::Subscribed {
+                channel: "feed:a".into(),
+                recovered: Some(false),
+                epoch: "e2".into(),
+                offset: 0
+            })
+        );
+        assert_eq!(
+            positioned(
+                r#"{"type":"subscribed","channel":"feed:a","epoch":"e2","offset":3,"timestamp":"t"}"#
+            ),
+            Some(Positioned::Subscribed {
+                channel: "feed:a".into(),
+                recovered: None,
+                epoch: "e2".into(),
+                offset: 3
+            })
+        );
+        // No position: no offset at the top level, no channel, no epoch, not JSON.
+        for text in [
+            r#"{"type":"event","channel":"news","data":"x","timestamp":"t"}"#,
+            r#"{"type":"event","channel":"news","data":{"offset":1,"epoch":"e"}}"#,
+            r#"{"type":"event","offset":1,"epoch":"e"}"#,
+            r#"{"type":"event","channel":"c","offset":1}"#,
+            r#"{"type":"event","channel":"c","offset":-1,"epoch":"e"}"#,
+            r#"not JSON "offset""#,
+        ] {
+            assert_eq!(positioned(text), None, "{text}");
+        }
     }
 
     #[test]

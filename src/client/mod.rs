@@ -9,6 +9,10 @@
 //!   subscribes again after every reconnect, and it announces a connection only once the
 //!   server has confirmed those subscriptions (by answering a `ping` sent after them), so a
 //!   message published after [`Event::Reconnected`] is not missed;
+//! - on channels with history (wshub's `HubConfig::history`), it keeps the position of the
+//!   last publication received and resumes from it after every reconnect: the server replays
+//!   what was missed ([`Event::Recovered`]), or says it cannot ([`Event::NotRecovered`]); see
+//!   [Resuming after a disconnect](#resuming-after-a-disconnect);
 //! - it splits text frames on `\n`, so it reads go-ws's batched frames one message at a time;
 //! - it pings the server and replaces a connection on which nothing arrives for
 //!   [`keepalive_timeout`](ClientConfig::keepalive_timeout);
@@ -25,6 +29,7 @@
 //! | `OnDisconnect(err)` | [`Event::Disconnected`]`(error)`, every time a connection ends |
 //! | `OnMessage(msg)` | [`Event::Message`]`(message)`, one per message (per line) |
 //! | (none: go-ws only logs) | [`Event::ConnectFailed`]` { attempt, error, retry_in }` |
+//! | (none: go-ws has no history) | [`Event::Recovered`] and [`Event::NotRecovered`]` { channel, epoch, offset }` |
 //!
 //! # Examples
 //! ```no_run
@@ -50,6 +55,53 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Resuming after a disconnect
+//! On a wshub channel with history every publication carries its position,
+//! `"offset":N,"epoch":"E"`, and a subscribe is answered with
+//! `{"type":"subscribed","channel":C,"epoch":E,"offset":N,...}`. The client records, per
+//! subscribed channel, the position of the last publication it put on the event stream (or
+//! the one the answer gives), readable with [`ReconnectingClient::position`]. After a
+//! reconnect it subscribes with that position,
+//! `{"type":"subscribe","channel":C,"data":C,"offset":N,"epoch":E}`, and the server answers
+//! `"recovered":true` or `false`:
+//!
+//! - `true`: [`Event::Recovered`], then every publication after N, in order and each once, as
+//!   [`Event::Message`]s, then the live ones. Nothing is lost or doubled across the cut.
+//! - `false` (the cut outlasted the history window or its publications would not fit the
+//!   client's queue on the server, or the history was lost and the epoch changed, e.g. a
+//!   server restart): [`Event::NotRecovered`] with the channel's current position, which the
+//!   client adopts. Publications were missed: resync the application's state.
+//!
+//! These come after [`Event::Connected`] or [`Event::Reconnected`] and before the channel's
+//! messages. The
+//! `subscribed` answers to the client's own subscribes are consumed: they become positions and
+//! these events, never [`Event::Message`]s. A program that persists its positions starts the
+//! next run with [`ReconnectingClient::subscribe_from`]. Channels without history (and go-ws
+//! servers) have no position and are simply subscribed again.
+//!
+//! ```no_run
+//! use wshub::client::{Event, ReconnectingClient};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut events) = ReconnectingClient::connect("ws://127.0.0.1:8080/ws")?;
+//! // Resume where the previous run stopped (offset 41 in epoch "e1"), if the server still can.
+//! client.subscribe_from("feed:orders", "e1", 41)?;
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::Message(message) => println!("{}", message.text().unwrap_or_default()),
+//!         Event::Recovered { channel, offset, .. } => {
+//!             eprintln!("{channel}: resumed after offset {offset}");
+//!         }
+//!         Event::NotRecovered { channel, .. } => eprintln!("{channel}: gap, resync"),
+//!         _ => {}
+//!     }
+//! }
+//! // Once the stream has ended, the position covers exactly the events delivered.
+//! let saved = client.position("feed:orders"); // Some((epoch, offset)), to persist
+//! # drop(saved);
+//! # Ok(()) }
+//! ```
+//!
 //! # Backpressure
 //! The client reads from the socket only as fast as the application takes events: when
 //! [`event_capacity`](ClientConfig::event_capacity) events wait, it stops reading, and the
@@ -62,7 +114,7 @@
 //! safe. Closing the client (or cancelling its token) sends a close frame and ends the task
 //! within [`close_timeout`](ClientConfig::close_timeout).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -133,6 +185,38 @@ pub enum Event {
     /// An established connection ended, and why. [`ClientError::Closed`] means the
     /// application closed the client; otherwise the client redials at once.
     Disconnected(ClientError),
+    /// The server resumed a subscription from the client's position on a channel with
+    /// history (it answered `"recovered":true`): the publications the client missed follow,
+    /// in order and each once, as [`Event::Message`]s, before the live ones. `epoch` and
+    /// `offset` are the position the client resumed from, so the next publication on
+    /// `channel` has offset `offset + 1`.
+    ///
+    /// Sent after [`Event::Reconnected`] for each channel with a known position, and after a
+    /// [`subscribe_from`](ReconnectingClient::subscribe_from).
+    Recovered {
+        /// The channel.
+        channel: ChannelName,
+        /// The epoch of the channel's history.
+        epoch: String,
+        /// The offset of the last publication received before the cut (or the one given to
+        /// `subscribe_from`).
+        offset: u64,
+    },
+    /// The server could not resume a subscription (it answered `"recovered":false`): the
+    /// position is outside the channel's history window (or what followed it would not fit
+    /// the client's queue on the server), or the epoch changed (the history was lost, e.g.
+    /// the server restarted). Publications were missed and none are replayed:
+    /// the application must resync, e.g. from its own source of truth. The client adopts the
+    /// server's current position, given here: the next publication on `channel` has offset
+    /// `offset + 1`.
+    NotRecovered {
+        /// The channel.
+        channel: ChannelName,
+        /// The channel's current epoch.
+        epoch: String,
+        /// The offset of the channel's last publication.
+        offset: u64,
+    },
     /// A dial failed (connect, TLS, handshake, or the connection died before it was
     /// confirmed).
     ConnectFailed {
@@ -291,11 +375,47 @@ struct Shared {
 }
 
 struct Inner {
-    subscriptions: BTreeSet<ChannelName>,
-    /// Incremented on every change of `subscriptions`.
+    /// The remembered subscriptions, each with its position when known.
+    subscriptions: BTreeMap<ChannelName, Subscription>,
+    /// Incremented on every change of `subscriptions` (not on position updates).
     version: u64,
     /// The live connection's outgoing queue; `None` when not connected.
     sender: Option<mpsc::Sender<Bytes>>,
+}
+
+/// A remembered subscription.
+#[derive(Debug, Clone)]
+struct Subscription {
+    /// The `version` that added it: a channel removed and added again between two
+    /// synchronisations is unsubscribed and subscribed again on the connection, so a
+    /// [`ReconnectingClient::subscribe_from`] in between takes effect.
+    added: u64,
+    /// Where the client stands on the channel's history: from the last publication handed to
+    /// the application, a `subscribed` answer, or `subscribe_from`. `None` until known.
+    position: Option<Position>,
+}
+
+/// A position in a channel's history: the epoch and the offset of the last publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    epoch: String,
+    offset: u64,
+}
+
+/// How to undo a position update ([`Shared::set_position`]).
+#[derive(Debug)]
+enum Undo {
+    /// The channel is not remembered: nothing changed.
+    Nothing,
+    /// The subscription (added at this version) had no position.
+    Clear { added: u64 },
+    /// The subscription (added at this version) had this offset, and this epoch if it
+    /// changed.
+    Restore {
+        added: u64,
+        offset: u64,
+        epoch: Option<String>,
+    },
 }
 
 impl Shared {
@@ -312,21 +432,44 @@ impl Shared {
         self.lock().sender = sender;
     }
 
-    fn subscription_snapshot(&self) -> (BTreeSet<ChannelName>, u64) {
+    fn subscription_snapshot(&self) -> (BTreeMap<ChannelName, Subscription>, u64) {
         let inner = self.lock();
         (inner.subscriptions.clone(), inner.version)
     }
 
-    /// Applies `change` to the remembered set; returns its result and wakes the connection
-    /// if the set changed.
+    /// Remembers `channel` (with a starting position); `false` if it already was.
+    fn add_subscription(&self, channel: ChannelName, position: Option<Position>) -> bool {
+        self.change_subscriptions(|subscriptions, version| {
+            if subscriptions.contains_key(&channel) {
+                return false;
+            }
+            subscriptions.insert(
+                channel,
+                Subscription {
+                    added: version,
+                    position,
+                },
+            );
+            true
+        })
+    }
+
+    /// Forgets `channel` and its position; `false` if it was not remembered.
+    fn remove_subscription(&self, channel: &str) -> bool {
+        self.change_subscriptions(|subscriptions, _| subscriptions.remove(channel).is_some())
+    }
+
+    /// Applies `change` (given the version a change would get) to the remembered set;
+    /// returns its result and wakes the connection if the set changed.
     fn change_subscriptions(
         &self,
-        change: impl FnOnce(&mut BTreeSet<ChannelName>) -> bool,
+        change: impl FnOnce(&mut BTreeMap<ChannelName, Subscription>, u64) -> bool,
     ) -> bool {
         let mut inner = self.lock();
-        let changed = change(&mut inner.subscriptions);
+        let next = inner.version + 1;
+        let changed = change(&mut inner.subscriptions, next);
         if changed {
-            inner.version += 1;
+            inner.version = next;
             self.subscriptions_version
                 .store(inner.version, Ordering::Release);
         }
@@ -335,6 +478,65 @@ impl Shared {
             self.subscriptions_changed.notify_one();
         }
         changed
+    }
+
+    /// Moves the position on `channel` to (`epoch`, `offset`) if the client still remembers
+    /// that channel; allocates only when the epoch changes. Returns how to undo it.
+    fn set_position(&self, channel: &str, epoch: &str, offset: u64) -> Undo {
+        let mut inner = self.lock();
+        let Some(subscription) = inner.subscriptions.get_mut(channel) else {
+            return Undo::Nothing;
+        };
+        let added = subscription.added;
+        match &mut subscription.position {
+            Some(position) => Undo::Restore {
+                added,
+                offset: std::mem::replace(&mut position.offset, offset),
+                epoch: (position.epoch != epoch)
+                    .then(|| std::mem::replace(&mut position.epoch, epoch.to_owned())),
+            },
+            None => {
+                subscription.position = Some(Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                });
+                Undo::Clear { added }
+            }
+        }
+    }
+
+    /// Undoes a [`set_position`](Self::set_position), unless the subscription was replaced
+    /// in between.
+    fn undo_position(&self, channel: &str, undo: Undo) {
+        let mut inner = self.lock();
+        let Some(subscription) = inner.subscriptions.get_mut(channel) else {
+            return;
+        };
+        match undo {
+            Undo::Nothing => {}
+            Undo::Clear { added } if added == subscription.added => subscription.position = None,
+            Undo::Restore {
+                added,
+                offset,
+                epoch,
+            } if added == subscription.added => {
+                if let Some(position) = &mut subscription.position {
+                    position.offset = offset;
+                    if let Some(epoch) = epoch {
+                        position.epoch = epoch;
+                    }
+                }
+            }
+            Undo::Clear { .. } | Undo::Restore { .. } => {}
+        }
+    }
+
+    /// The remembered position on `channel`.
+    fn position(&self, channel: &str) -> Option<Position> {
+        self.lock()
+            .subscriptions
+            .get(channel)
+            .and_then(|s| s.position.clone())
     }
 }
 
@@ -346,15 +548,15 @@ struct EventSink {
 
 impl EventSink {
     /// Waits for room in the event queue, unless the client is closing: then the event is
-    /// delivered only if there is room.
-    async fn emit(&self, event: Event) {
+    /// delivered only if there is room. Returns whether the event was queued (`false` also
+    /// when the application dropped the stream).
+    async fn emit(&self, event: Event) -> bool {
         if self.cancel.is_cancelled() {
-            let _ = self.tx.try_send(event);
-            return;
+            return self.tx.try_send(event).is_ok();
         }
         tokio::select! {
-            _ = self.tx.send(event) => {}
-            () = self.cancel.cancelled() => {}
+            sent = self.tx.send(event) => sent.is_ok(),
+            () = self.cancel.cancelled() => false,
         }
     }
 }
@@ -515,7 +717,8 @@ impl ReconnectingClient {
     ///
     /// The request is `{"type":"subscribe","channel":C,"data":C}`, which both wshub and go-ws
     /// understand. It is sent before any message passed to [`send`](Self::send) after this
-    /// call.
+    /// call. Once the client knows the channel's [`position`](Self::position) (a channel with
+    /// history), the subscribes after reconnects carry it, to resume from there.
     ///
     /// # Errors
     /// [`ChannelNameError`] when `channel` is not 1–256 characters of `[A-Za-z0-9_.:-]`.
@@ -532,11 +735,76 @@ impl ReconnectingClient {
     /// ```
     pub fn subscribe(&self, channel: &str) -> Result<bool, ChannelNameError> {
         let channel = ChannelName::new(channel)?;
-        Ok(self.shared.change_subscriptions(|set| set.insert(channel)))
+        Ok(self.shared.add_subscription(channel, None))
     }
 
-    /// Unsubscribes from `channel`, now if connected, and forgets it. Returns `false` if the
-    /// client was not subscribed (nothing is sent).
+    /// Subscribes to `channel` and resumes it from a known position: `offset` is the offset of
+    /// the last publication the application received in `epoch`, for instance saved by a
+    /// previous run of the program (see [`position`](Self::position)). Returns `false` if the
+    /// client was already subscribed (nothing is sent, and the position is unchanged).
+    ///
+    /// The request is `{"type":"subscribe","channel":C,"data":C,"offset":N,"epoch":E}`. A
+    /// wshub server answers with [`Event::Recovered`] (the publications after `offset`
+    /// follow) or [`Event::NotRecovered`]. On a channel without history the server ignores the
+    /// position and subscribes as usual, and no such event comes.
+    ///
+    /// # Errors
+    /// [`ChannelNameError`] when `channel` is not 1–256 characters of `[A-Za-z0-9_.:-]`.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// assert_eq!(client.subscribe_from("feed:1", "5f3a9c0e12b4d678", 41), Ok(true));
+    /// assert_eq!(client.position("feed:1"), Some(("5f3a9c0e12b4d678".to_owned(), 41)));
+    /// # client.close();
+    /// # }
+    /// ```
+    pub fn subscribe_from(
+        &self,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<bool, ChannelNameError> {
+        let channel = ChannelName::new(channel)?;
+        let position = Position {
+            epoch: epoch.to_owned(),
+            offset,
+        };
+        Ok(self.shared.add_subscription(channel, Some(position)))
+    }
+
+    /// The position on `channel` as `(epoch, offset)`: the offset of the last publication on
+    /// `channel` that the client handed to the [`Events`] stream, or the position a
+    /// `subscribed` answer, [`Event::NotRecovered`] or
+    /// [`subscribe_from`](Self::subscribe_from) set. The client resumes from it after every
+    /// reconnect.
+    ///
+    /// `None` when the client is not subscribed to `channel`, or before anything told it
+    /// the position (channels without history never have one).
+    ///
+    /// The position may be ahead of the events the application has processed (they may still
+    /// wait in the stream). To persist a position across restarts of the program, save the
+    /// `offset` and `epoch` fields of the last message processed, or this position once the
+    /// stream has ended.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() {
+    /// let (client, _events) = wshub::client::ReconnectingClient::connect("ws://127.0.0.1:9/").unwrap();
+    /// client.subscribe("feed:1").unwrap();
+    /// assert_eq!(client.position("feed:1"), None); // not known before the server answers
+    /// # client.close();
+    /// # }
+    /// ```
+    pub fn position(&self, channel: &str) -> Option<(String, u64)> {
+        self.shared
+            .position(channel)
+            .map(|position| (position.epoch, position.offset))
+    }
+
+    /// Unsubscribes from `channel`, now if connected, and forgets it and its position. Returns
+    /// `false` if the client was not subscribed (nothing is sent).
     ///
     /// # Errors
     /// [`ChannelNameError`] when `channel` is not a valid channel name.
@@ -553,7 +821,7 @@ impl ReconnectingClient {
     /// ```
     pub fn unsubscribe(&self, channel: &str) -> Result<bool, ChannelNameError> {
         let channel = ChannelName::new(channel)?;
-        Ok(self.shared.change_subscriptions(|set| set.remove(&channel)))
+        Ok(self.shared.remove_subscription(&channel))
     }
 
     /// The remembered subscriptions, sorted.
@@ -570,7 +838,7 @@ impl ReconnectingClient {
     /// # }
     /// ```
     pub fn subscriptions(&self) -> Vec<ChannelName> {
-        self.shared.lock().subscriptions.iter().cloned().collect()
+        self.shared.lock().subscriptions.keys().cloned().collect()
     }
 
     /// Stops the client: a live connection gets a close frame (code 1000) and the client
@@ -732,7 +1000,7 @@ fn start(
         state: AtomicU8::new(State::Disconnected as u8),
         cancel: cancel.clone(),
         inner: Mutex::new(Inner {
-            subscriptions: BTreeSet::new(),
+            subscriptions: BTreeMap::new(),
             version: 0,
             sender: None,
         }),
