@@ -9,8 +9,13 @@ export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 start=$SECONDS
-cargo fuzz build
+if ! cargo fuzz build >"$log" 2>&1; then
+    cat "$log"
+    exit 1
+fi
 echo "<== fuzz build: $((SECONDS - start)) s"
 for target in $(cargo fuzz list); do
     start=$SECONDS
@@ -19,7 +24,6 @@ for target in $(cargo fuzz list); do
     if [ -d "regressions/$target" ]; then
         dirs+=("regressions/$target")
     fi
-    log="target/smoke-$target.log"
     if ! cargo fuzz run "$target" "${dirs[@]}" -- \
         -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1; then
         cat "$log"
