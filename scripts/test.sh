@@ -2,8 +2,9 @@
 # The whole wshub test suite, from a fresh machine: installs what the tests need (Python with
 # venv for Autobahn and the `websockets` interop client, Node's `ws` interop client,
 # redis-server for the scale-out tests), then runs
-# unit, integration and doc tests, the release-mode churn test, the docs build, the benchmark
-# build and the Autobahn conformance suite. Prints the time each stage took.
+# unit, integration and doc tests, the release-mode churn test, feature combinations, the docs
+# build, the benchmark and perf builds, the Autobahn conformance suite and a fuzz smoke run.
+# Prints the time each stage took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -38,11 +39,26 @@ install_tools() {
   npm install --prefix tests/interop --no-audit --no-fund --silent
 }
 
+check_features() {
+  # The library alone, and each feature alone, must build without warnings.
+  local combos=("" "server" "client" "redis")
+  local out
+  for f in "${combos[@]}"; do
+    out=$(cargo check --lib --bins --no-default-features ${f:+--features "$f"} --message-format short 2>&1)
+    if grep -qE '^(src|warning|error)' <<<"$out"; then
+      echo "features [$f]:"; echo "$out"; return 1
+    fi
+  done
+}
+
 stage "install test tools" install_tools
 export WSHUB_INTEROP_PYTHON="$TOOLS/venv/bin/python" WSHUB_INTEROP_NODE="$(command -v node)"
 stage "cargo test" cargo test --all-features
 stage "churn test (release)" cargo test --release --test stress_churn -- --ignored
+stage "feature combinations" check_features
 stage "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 stage "cargo bench --no-run" cargo bench --no-run
+stage "perf crate build" cargo build --release -p perf
 stage "autobahn conformance" bash autobahn/run.sh
+stage "fuzz smoke (30 s per target)" bash fuzz/smoke.sh 30
 echo "all tests passed"

@@ -95,7 +95,15 @@ fn main() -> ExitCode {
         builder = builder.authenticate(move |req| auth.check(req));
     }
     if let Some(redis) = redis {
-        builder = builder.redis(redis);
+        #[cfg(feature = "redis")]
+        {
+            builder = builder.redis(redis);
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            eprintln!("wshub: --redis {redis:?} needs a build with the `redis` feature");
+            return ExitCode::from(2);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

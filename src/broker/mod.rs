@@ -31,16 +31,19 @@ pub(crate) mod redis;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+#[cfg(feature = "redis")]
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+#[cfg(feature = "redis")]
 use crate::error::ConfigError;
 
 /// Delivers a message that arrived through the broker to this node's subscribers:
 /// `(channel or None for a broadcast, whether this node published it, payload)`. The payload
 /// is the exact JSON text, preceded by `"<offset> "` on channels with history.
+#[cfg(feature = "redis")]
 pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, &[u8]) + Send + Sync>;
 
 /// A boxed future borrowing from the broker.
@@ -151,6 +154,7 @@ impl RedisConfig {
         self
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.urls.is_empty() {
             return Err(ConfigError::new("redis.urls", "at least one URL is needed"));
@@ -195,11 +199,13 @@ impl fmt::Debug for RedisConfig {
 
 /// A consistent-hash ring mapping channel names to shard indexes; identical on every node
 /// for the same URL list (a fixed hash, not a per-process random one).
+#[cfg(feature = "redis")]
 #[derive(Debug, Clone)]
 pub(crate) struct Ring {
     points: Vec<(u64, usize)>,
 }
 
+#[cfg(feature = "redis")]
 impl Ring {
     /// Virtual points per shard: enough to spread channels within a few percent.
     const POINTS: usize = 160;
@@ -230,6 +236,7 @@ impl Ring {
 /// FNV-1a followed by the murmur3 64-bit finaliser: FNV alone barely changes the high bits
 /// when only the last bytes differ (`room-1`, `room-2`), which would put such channels on
 /// one arc of the ring.
+#[cfg(feature = "redis")]
 fn stable_hash(bytes: &[u8]) -> u64 {
     let mut h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -241,7 +248,7 @@ fn stable_hash(bytes: &[u8]) -> u64 {
     h ^ (h >> 33)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
 

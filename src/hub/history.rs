@@ -219,6 +219,7 @@ pub(crate) struct RemoteState {
 
 /// The report a local publisher waits for: its publication comes back from the broker (in
 /// offset order with everyone else's) and is delivered here like any other.
+#[cfg_attr(not(feature = "redis"), allow(dead_code, reason = "only the Redis broker reports"))]
 enum Waiter {
     Waiting(tokio::sync::oneshot::Sender<crate::PublishReport>),
     Done(crate::PublishReport, Instant),
@@ -240,6 +241,7 @@ impl RemoteHistory {
     }
 
     /// Records the local delivery report of this node's own publication `offset`.
+    #[cfg(feature = "redis")]
     pub(crate) fn delivered(
         &self,
         channel: &ChannelName,

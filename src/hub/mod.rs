@@ -721,6 +721,7 @@ impl Hub {
         }
     }
 
+    #[cfg(feature = "redis")]
     /// A message from another node (through the broker): framed once, delivered locally.
     ///
     /// `own` messages were published here: already delivered, except on history channels,
@@ -739,6 +740,7 @@ impl Hub {
         }
     }
 
+    #[cfg(feature = "redis")]
     /// A publication on a broker-history channel (`"<offset> <json>"`): delivered under the
     /// channel's node-local lock, held back for clients still recovering.
     fn deliver_remote_history(&self, channel: &str, own: bool, payload: &[u8]) {
