@@ -219,7 +219,10 @@ pub(crate) struct RemoteState {
 
 /// The report a local publisher waits for: its publication comes back from the broker (in
 /// offset order with everyone else's) and is delivered here like any other.
-#[cfg_attr(not(feature = "redis"), allow(dead_code, reason = "only the Redis broker reports"))]
+#[cfg_attr(
+    not(feature = "redis"),
+    allow(dead_code, reason = "only the Redis broker reports")
+)]
 enum Waiter {
     Waiting(tokio::sync::oneshot::Sender<crate::PublishReport>),
     Done(crate::PublishReport, Instant),
