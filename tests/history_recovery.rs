@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::history::{numbered, race_resumes, subscribe_at};
 use support::*;
-use wshub::{ChannelPattern, HubConfig, Json, Message};
+use wshub::{ChannelPattern, HubConfig};
 
 fn config(size: usize) -> HubConfig {
     HubConfig::default()
@@ -18,25 +19,6 @@ fn config(size: usize) -> HubConfig {
         .history_size(size)
         .max_queued_frames(1 << 20)
         .max_queued_bytes(64 << 20)
-}
-
-fn numbered(i: u64) -> Message {
-    Message::new("event").with_data(Json::parse(i.to_string()).unwrap())
-}
-
-/// Sends a subscribe (resuming from `from` when given) and returns the `subscribed` answer.
-async fn subscribe_at(ws: &mut Ws, channel: &str, from: Option<(u64, &str)>) -> Value {
-    let request = match from {
-        Some((offset, epoch)) => format!(
-            r#"{{"type":"subscribe","channel":"{channel}","offset":{offset},"epoch":"{epoch}"}}"#
-        ),
-        None => format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#),
-    };
-    send(ws, &request).await;
-    let answer = recv_json(ws).await;
-    assert_eq!(answer["type"], "subscribed", "{answer}");
-    assert_eq!(answer["channel"], channel);
-    answer
 }
 
 #[tokio::test]
@@ -223,7 +205,6 @@ async fn a_server_restart_changes_the_epoch_and_the_client_is_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled() {
-    const ROUNDS: usize = 150;
     let server = TestServer::with_config(config(100_000)).await;
     let hub = server.hub.clone();
     // The publisher (on the other worker thread) publishes as fast as it can while a resume
@@ -243,52 +224,13 @@ async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled() {
         }
         i
     });
-    let mut last: Option<(u64, String)> = None;
-    let mut resumes = 0;
-    for round in 0..ROUNDS {
-        let (mut ws, id) = server.connect_client().await;
-        let from = last.as_ref().map(|(o, e)| (*o, e.as_str()));
-        racing.store(true, Ordering::Relaxed);
-        let answer = subscribe_at(&mut ws, "feed:race", from).await;
-        racing.store(false, Ordering::Relaxed);
-        if last.is_some() {
-            assert_eq!(answer["recovered"], true, "round {round}: {answer}");
-            resumes += 1;
-        }
-        let epoch = answer["epoch"].as_str().unwrap().to_owned();
-        let mut expected = match &last {
-            Some((o, _)) => o + 1,
-            None => answer["offset"].as_u64().unwrap() + 1,
-        };
-        // Then three markers from here; read everything up to them, through the switch-over.
-        for _ in 0..3 {
-            server
-                .hub
-                .publish("feed:race", &Message::new("marker"))
-                .await
-                .unwrap();
-        }
-        let mut markers = 0;
-        while markers < 3 {
-            let v = recv_json(&mut ws).await;
-            assert_eq!(
-                v["offset"].as_u64(),
-                Some(expected),
-                "round {round}: gap or duplicate"
-            );
-            markers += usize::from(v["type"] == "marker");
-            last = Some((expected, epoch.clone()));
-            expected += 1;
-        }
-        server.hub.client(id).expect("connected").kill_connection();
-    }
+    race_resumes(&server, &server, "feed:race", 150, &racing).await;
     done.store(true, Ordering::Relaxed);
     let published = publisher.await.unwrap();
     assert!(
         published > 1000,
         "the publisher raced the resumes ({published} publications)"
     );
-    assert_eq!(resumes, ROUNDS - 1);
     server.stop().await;
 }
 

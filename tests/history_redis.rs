@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::history::{numbered, race_resumes, subscribe_at};
 use support::redis_server::RedisServer;
 use support::*;
-use wshub::{ChannelPattern, Hub, HubConfig, Json, Message, RedisConfig};
+use wshub::{ChannelPattern, Hub, HubConfig, RedisConfig};
 
 async fn node(redis: &RedisServer, size: usize) -> TestServer {
     let config = HubConfig::default()
@@ -26,23 +27,6 @@ async fn node(redis: &RedisServer, size: usize) -> TestServer {
         .await
         .expect("connect to Redis");
     TestServer::start(hub).await
-}
-
-fn numbered(i: u64) -> Message {
-    Message::new("event").with_data(Json::parse(i.to_string()).unwrap())
-}
-
-async fn subscribe_at(ws: &mut Ws, channel: &str, from: Option<(u64, &str)>) -> Value {
-    let request = match from {
-        Some((offset, epoch)) => format!(
-            r#"{{"type":"subscribe","channel":"{channel}","offset":{offset},"epoch":"{epoch}"}}"#
-        ),
-        None => format!(r#"{{"type":"subscribe","channel":"{channel}"}}"#),
-    };
-    send(ws, &request).await;
-    let answer = recv_json(ws).await;
-    assert_eq!(answer["type"], "subscribed", "{answer}");
-    answer
 }
 
 #[tokio::test]
@@ -264,45 +248,14 @@ async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled_with_red
             })
         })
         .collect();
-    let mut last: Option<(u64, String)> = None;
-    for round in 0..ROUNDS {
-        racing.store(true, Ordering::Relaxed);
-        let (mut ws, id) = subscriber_node.connect_client().await;
-        let from = last.as_ref().map(|(o, e)| (*o, e.as_str()));
-        let answer = subscribe_at(&mut ws, "feed:race", from).await;
-        racing.store(false, Ordering::Relaxed);
-        if last.is_some() {
-            assert_eq!(answer["recovered"], true, "round {round}: {answer}");
-        }
-        let mut expected = match &last {
-            Some((o, _)) => o + 1,
-            None => answer["offset"].as_u64().unwrap() + 1,
-        };
-        for _ in 0..3 {
-            publisher_node
-                .hub
-                .publish("feed:race", &Message::new("marker"))
-                .await
-                .unwrap();
-        }
-        let mut markers = 0;
-        while markers < 3 {
-            let v = recv_json(&mut ws).await;
-            assert_eq!(
-                v["offset"].as_u64(),
-                Some(expected),
-                "round {round}: gap or duplicate"
-            );
-            markers += usize::from(v["type"] == "marker");
-            last = Some((expected, v["epoch"].as_str().unwrap().to_owned()));
-            expected += 1;
-        }
-        subscriber_node
-            .hub
-            .client(id)
-            .expect("connected")
-            .kill_connection();
-    }
+    race_resumes(
+        &subscriber_node,
+        &publisher_node,
+        "feed:race",
+        ROUNDS,
+        &racing,
+    )
+    .await;
     done.store(true, Ordering::Relaxed);
     let mut published = 0;
     for p in publishers {

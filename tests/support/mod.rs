@@ -6,6 +6,7 @@
 //! polling step of [`eventually`]).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod history;
 pub mod redis_server;
 
 use std::net::SocketAddr;
