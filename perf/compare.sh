@@ -6,10 +6,13 @@
 #
 # Usage: perf/compare.sh [--quick] [--runs N] [--servers wshub,bun,tungstenite] [--out DIR]
 #   --quick     1 run per test, 2 s windows, no slow/hot tests (< 3 min)
-#   full        5 runs (3 for idle, slow, hot), 4 s windows (< 15 min)
+#   full        5 runs (3 for idle, slow, hot), 4 s windows (< 15 min, plus waits for quiet)
 # Environment:
 #   WSHUB_BIN          a prebuilt wshub binary (default: cargo build --release --bin wshub)
-#   FIXED_DELIVERIES   offered deliveries/s for the fixed-load tests (default 2000000)
+#   FIXED_DELIVERIES   offered deliveries/s for the fixed-load tests (default 1000000)
+#   QUIET_WAIT         longest wait, seconds, for other processes to go idle before each run
+#                      (default 120; runs on a busy machine are flagged and left out of medians)
+#   QUIET_BUDGET       longest total wait for quiet over the whole comparison (default 600)
 #   WSHUB_REV          the revision to print for WSHUB_BIN (default: git describe of this tree)
 #   PORT               base port (default 18480; three consecutive ports are used)
 set -euo pipefail
@@ -36,7 +39,9 @@ if [ "$QUICK" = 1 ]; then
 else
     RUNS=${RUNS:-5}; RUNS_SMALL=$(( RUNS < 3 ? RUNS : 3 )); DURATION=4; WARMUP=1
 fi
-FIXED=${FIXED_DELIVERIES:-2000000}
+FIXED=${FIXED_DELIVERIES:-1000000}
+QUIET_WAIT=${QUIET_WAIT:-120}
+QUIET_BUDGET=${QUIET_BUDGET:-600}
 PORT=${PORT:-18480}
 OUT=${OUT:-$ROOT/target/perf-compare/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -92,10 +97,36 @@ stop_server() {
     SPID=""
 }
 
+# User CPU (cores) that other processes use over one second (nothing of ours runs then).
+busy_cores() {
+    local a b
+    a=$(awk '/^cpu /{print $2+$3}' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu /{print $2+$3}' /proc/stat)
+    echo $(( b - a ))  # ticks per second at 100 Hz: 100 = one core
+}
+
+# Waits (at most QUIET_WAIT seconds) until other processes use under 5 % of a core, so that
+# builds or fuzzers running beside the comparison do not disturb it. Runs that still overlap
+# other load are flagged in the results (loadgen's other_user_cpu) and left out of the medians
+# when quiet runs exist.
+WAITED_TOTAL=0
+wait_quiet() {
+    local waited=0 busy
+    while [ "$WAITED_TOTAL" -lt "$QUIET_BUDGET" ] && busy=$(busy_cores) && [ "$busy" -gt 5 ] \
+            && [ "$waited" -lt "$QUIET_WAIT" ]; do
+        if [ "$waited" = 0 ]; then echo "   waiting for a quiet machine (others use ${busy}% of a core)" >&2; fi
+        sleep 4
+        waited=$((waited + 5))
+        WAITED_TOTAL=$((WAITED_TOTAL + 5))
+    done
+}
+
 # run TEST SERVER RUN loadgen-args...: one fresh server, one loadgen run, JSON to $OUT.
 run() {
     local test=$1 server=$2 n=$3
     shift 3
+    wait_quiet
     start_server "$server"
     local file="$OUT/$test.$server.$n.json"
     if ! timeout 180 taskset -c 1 "$LOADGEN" "$@" --url "ws://127.0.0.1:$(port_of "$server")/ws" \
@@ -123,9 +154,9 @@ for i in $(seq "$RUNS_SMALL"); do
         echo "-- idle/slow/hot run $i/$RUNS_SMALL $s ($((SECONDS - START)) s)" >&2
         run idle_10k "$s" "$i" idle --clients 10000
         if [ "$QUICK" = 0 ]; then
-            run slow_0 "$s" "$i" slow --clients 1000 --slow-percent 0 --size 1024 --rate 500 $W
-            run slow_1 "$s" "$i" slow --clients 1000 --slow-percent 1 --size 1024 --rate 500 $W
-            run hot_10k "$s" "$i" hot --clients 10000 --channels 10 --rate 100 $W
+            run slow_0 "$s" "$i" slow --clients 1000 --slow-percent 0 --size 1024 --rate 300 $W
+            run slow_1 "$s" "$i" slow --clients 1000 --slow-percent 1 --size 1024 --rate 300 $W
+            run hot_10k "$s" "$i" hot --clients 10000 --channels 10 --rate 20 $W
         fi
     done
 done

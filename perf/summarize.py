@@ -28,6 +28,19 @@ def load(directory):
     return runs
 
 
+QUIET = 0.1  # cores of other processes' user time above which a run counts as disturbed
+
+
+def quiet(doc):
+    return all(p["loadgen"].get("other_user_cpu", 0) <= QUIET for p in doc["phases"])
+
+
+def pick(docs):
+    """The runs on a quiet machine when there are any, else all of them."""
+    calm = [d for d in docs if quiet(d)]
+    return calm or docs
+
+
 def med(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -79,19 +92,23 @@ def field(i, *path):
 ROWS = [
     ("chat_max", "chat, 32 clients, max: deliveries/s", "rate", field(0, "deliveries_per_s"), True),
     ("chat_max", "  server µs per delivery", "us", server_field(0, "cpu_us_per_delivery"), False),
+    ("chat_max", "  TCP segments per delivery (machine)", "num", field(0, "tcp_segments_per_delivery"), False),
     ("fanout_max", "fan-out, 256 subscribers, max: deliveries/s", "rate", field(0, "deliveries_per_s"), True),
     ("fanout_max", "  server µs per delivery", "us", server_field(0, "cpu_us_per_delivery"), False),
+    ("fanout_max", "  TCP segments per delivery (machine)", "num", field(0, "tcp_segments_per_delivery"), False),
     ("chat_fixed", "chat 32, fixed load: server µs per delivery", "us", server_field(0, "cpu_us_per_delivery"), False),
     ("chat_fixed", "  delivered", "rate", field(0, "deliveries_per_s"), True),
     ("chat_fixed", "  p50 latency", "lat", field(0, "latency_us", "p50"), False),
     ("chat_fixed", "  p99 latency", "lat", field(0, "latency_us", "p99"), False),
     ("chat_fixed", "  p99.9 latency", "lat", field(0, "latency_us", "p999"), False),
+    ("chat_fixed", "  TCP segments per delivery (machine)", "num", field(0, "tcp_segments_per_delivery"), False),
     ("chat_fixed", "  syscw per delivery", "num", server_field(0, "syscw_per_delivery"), False),
     ("fanout_fixed", "fan-out 256, fixed load: server µs per delivery", "us", server_field(0, "cpu_us_per_delivery"), False),
     ("fanout_fixed", "  delivered", "rate", field(0, "deliveries_per_s"), True),
     ("fanout_fixed", "  p50 latency", "lat", field(0, "latency_us", "p50"), False),
     ("fanout_fixed", "  p99 latency", "lat", field(0, "latency_us", "p99"), False),
     ("fanout_fixed", "  p99.9 latency", "lat", field(0, "latency_us", "p999"), False),
+    ("fanout_fixed", "  TCP segments per delivery (machine)", "num", field(0, "tcp_segments_per_delivery"), False),
     ("fanout_fixed", "  syscw per delivery", "num", server_field(0, "syscw_per_delivery"), False),
     ("idle_10k", "idle, 10k connections: server RSS per connection", "bytes", field(0, "idle", "bytes_per_connection"), False),
     ("slow_0", "slow test, 0 % slow: healthy p99", "lat", field(0, "latency_us", "p99"), False),
@@ -123,11 +140,13 @@ def main():
     for test, label, kind, get, _ in ROWS:
         vals = {}
         for s in servers:
-            docs = runs.get((test, s), [])
+            docs = pick(runs.get((test, s), []))
             vals[s] = med([get(d) for d in docs]) if docs else None
         if all(v is None for v in vals.values()):
             continue
-        n = max(len(runs.get((test, s), [])) for s in servers)
+        n = "/".join(
+            f"{len(pick(runs.get((test, s), [])))}" for s in servers
+        )
         cells = [f"{label} (n={n})" if not label.startswith("  ") else label.strip()]
         cells += [fmt(vals[s], kind) for s in servers]
         if "wshub" in servers:
@@ -138,31 +157,34 @@ def main():
     # Derived figures.
     print()
     for s in servers:
-        p0 = med([field(0, "latency_us", "p99")(d) for d in runs.get(("slow_0", s), [])])
-        p1 = med([field(0, "latency_us", "p99")(d) for d in runs.get(("slow_1", s), [])])
+        p0 = med([field(0, "latency_us", "p99")(d) for d in pick(runs.get(("slow_0", s), []))])
+        p1 = med([field(0, "latency_us", "p99")(d) for d in pick(runs.get(("slow_1", s), []))])
         if p0 and p1:
             print(f"- {s}: healthy p99 with 1 % slow clients vs none: {fmt(p1 / p0 - 1, 'pct')}")
-        h = med([server_field(0, "cpu_us_per_delivery")(d) for d in runs.get(("hot_10k", s), [])])
-        sp = med([server_field(1, "cpu_us_per_delivery")(d) for d in runs.get(("hot_10k", s), [])])
+        h = med([server_field(0, "cpu_us_per_delivery")(d) for d in pick(runs.get(("hot_10k", s), []))])
+        sp = med([server_field(1, "cpu_us_per_delivery")(d) for d in pick(runs.get(("hot_10k", s), []))])
         if h and sp:
             print(f"- {s}: hot channel cost (1 × 10k vs 10 × 1k, CPU per delivery): {fmt(h / sp, 'x')}")
     notes = []
     for (test, s), docs in sorted(runs.items()):
-        sat = sum(1 for d in docs for p in d["phases"] if p["loadgen"]["saturated"])
-        skipped = [p["loss"]["skipped"] for d in docs for p in d["phases"]]
-        lost = [p["loss"]["lost"] for d in docs for p in d["phases"]]
-        errors = [p["errors"] for d in docs for p in d["phases"]]
-        other = [p["loadgen"].get("other_user_cpu", 0) for d in docs for p in d["phases"]]
-        if other and med(other) > 0.05:
-            notes.append(f"{test}/{s}: machine not quiet: other processes used {med(other):.2f} cores (median) during the windows")
+        n = len(docs)
+        calm = sum(1 for d in docs if quiet(d))
+        used = pick(docs)
+        sat = sum(1 for d in used for p in d["phases"] if p["loadgen"]["saturated"])
+        skipped = sum(1 for d in used if any(p["loss"]["skipped"] for p in d["phases"]))
+        lost = sum(1 for d in used if any(p["loss"]["lost"] for p in d["phases"]))
+        errors = sum(1 for d in used if any(p["errors"] for p in d["phases"]))
+        if calm < n:
+            notes.append(f"{test}/{s}: {n - calm} of {n} runs had other processes using CPU"
+                         + (" (left out of the medians)" if calm else " (no quiet run: medians over disturbed runs)"))
         if sat:
-            notes.append(f"{test}/{s}: load generator core saturated in {sat} of {len(docs)} runs (the figure is a floor)")
-        if any(skipped):
-            notes.append(f"{test}/{s}: offered load not sustained (skipped sends, median {med(skipped):.0f})")
-        if any(lost) and not test.startswith("slow"):
-            notes.append(f"{test}/{s}: messages lost (median {med(lost):.0f})")
-        if any(errors):
-            notes.append(f"{test}/{s}: error frames (median {med(errors):.0f})")
+            notes.append(f"{test}/{s}: load generator core saturated in {sat} of {len(used)} runs (the figure is a floor)")
+        if skipped:
+            notes.append(f"{test}/{s}: offered load not sustained in {skipped} of {len(used)} runs (skipped sends)")
+        if lost and not test.startswith("slow"):
+            notes.append(f"{test}/{s}: messages missing after the drain in {lost} of {len(used)} runs")
+        if errors:
+            notes.append(f"{test}/{s}: error frames in {errors} of {len(used)} runs")
     if notes:
         print()
         for n in notes:

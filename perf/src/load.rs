@@ -790,6 +790,11 @@ pub async fn run_phase(
         errors: fin.errors - base.errors,
         first_error: sh.first_error.borrow().clone(),
         closed: fin.closed - base.closed,
+        tcp_segments_per_delivery: if delivered > 0 {
+            s1.segments.saturating_sub(s0.segments) as f64 / delivered as f64
+        } else {
+            0.0
+        },
     }
 }
 
@@ -821,6 +826,7 @@ impl Counts {
 struct Snapshot {
     at: Instant,
     machine_user_s: f64,
+    segments: u64,
     counts: Counts,
     server: Option<Sample>,
     me: Sample,
@@ -831,6 +837,7 @@ impl Snapshot {
         Snapshot {
             at: Instant::now(),
             machine_user_s: procfs::machine_user_s().unwrap_or(0.0),
+            segments: procfs::tcp_out_segments().unwrap_or(0),
             counts: Counts::take(sh),
             server: pid.and_then(|p| procfs::sample(Some(p))),
             me: procfs::sample(None).unwrap_or_default(),

@@ -62,6 +62,21 @@ pub fn machine_user_s() -> Option<f64> {
     Some((user + nice) as f64 / CLK_TCK)
 }
 
+/// TCP segments sent by the whole machine (`Tcp: OutSegs` in `/proc/net/snmp`). On loopback
+/// every `write`/`send` that carries data is at least one segment, whatever syscall made it, so
+/// its delta per delivery compares servers that use different write calls (ACKs and the load
+/// generator's own sends are included: compare servers under the same load).
+pub fn tcp_out_segments() -> Option<u64> {
+    let snmp = fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let i = names
+        .split_ascii_whitespace()
+        .position(|n| n == "OutSegs")?;
+    values.split_ascii_whitespace().nth(i)?.parse().ok()
+}
+
 /// The first number after `key` in a `key: value` file.
 fn field(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -87,6 +102,7 @@ mod tests {
         let s = sample(None).unwrap();
         assert!(s.rss_kib > 0);
         assert!(machine_user_s().unwrap() > 0.0);
+        assert!(tcp_out_segments().is_some());
         assert_eq!(field("VmRSS:\t  1024 kB\n", "VmRSS:"), Some(1024));
     }
 }

@@ -138,6 +138,10 @@ pub struct Phase {
     pub first_error: Option<String>,
     /// Connections the server closed or lost during the phase.
     pub closed: u64,
+    /// TCP segments the machine sent per delivered message in the window (`/proc/net/snmp`
+    /// OutSegs: every data write is at least one segment on loopback; includes ACKs and the
+    /// load generator's sends, so compare servers under the same load).
+    pub tcp_segments_per_delivery: f64,
 }
 
 /// Renders phases as a fixed-width table.
