@@ -50,7 +50,7 @@ def fmt(v, kind):
     if v is None:
         return "–"
     if kind == "rate":
-        return f"{v / 1e6:.2f} M/s" if v >= 1e6 else f"{v / 1e3:.0f} k/s"
+        return f"{v / 1e6:.2f} M/s" if v >= 0.995e6 else f"{v / 1e3:.0f} k/s"
     if kind == "us":
         return f"{v:.3f} µs"
     if kind == "lat":
