@@ -89,33 +89,40 @@ pub struct Decoder {
     /// The fragmented message in progress between two of its frames. While a
     /// data frame's payload is being read, the message lives in
     /// [`State::Data`] instead.
-    message: Option<Message>,
+    message: Option<Box<Message>>,
     /// Set by the first protocol error; returned by every later call.
     error: Option<ProtocolError>,
 }
 
-/// Where the decoder is within the current frame.
+/// Where the decoder is within the current frame. The in-frame states are boxed: a
+/// connection spends almost all its life between frames, where the decoder stays small.
 enum State {
     /// Waiting for (the rest of) a frame header.
     Header,
     /// Reading the payload of a data frame into the message.
-    Data {
-        /// Whether this frame ends the message.
-        fin: bool,
-        /// Progress through the frame payload.
-        payload: Payload,
-        /// The message being assembled.
-        message: Message,
-    },
+    Data(Box<DataFrame>),
     /// Reading the payload of a control frame.
-    Control {
-        /// Close, ping or pong.
-        opcode: OpCode,
-        /// Progress through the frame payload.
-        payload: Payload,
-        /// The payload so far; allocated once with the frame's length (at most 125).
-        buf: BytesMut,
-    },
+    Control(Box<ControlFrame>),
+}
+
+/// A data frame whose payload is being read.
+struct DataFrame {
+    /// Whether this frame ends the message.
+    fin: bool,
+    /// Progress through the frame payload.
+    payload: Payload,
+    /// The message being assembled.
+    message: Box<Message>,
+}
+
+/// A control frame whose payload is being read.
+struct ControlFrame {
+    /// Close, ping or pong.
+    opcode: OpCode,
+    /// Progress through the frame payload.
+    payload: Payload,
+    /// The payload so far; allocated once with the frame's length (at most 125).
+    buf: BytesMut,
 }
 
 /// Progress through one frame's payload.
@@ -327,67 +334,59 @@ impl Decoder {
                         remaining: header.len,
                     };
                     self.state = if header.opcode.is_control() {
-                        State::Control {
+                        State::Control(Box::new(ControlFrame {
                             opcode: header.opcode,
                             payload,
                             buf: BytesMut::with_capacity(header.len),
-                        }
+                        }))
                     } else {
                         // A continuation frame only gets here when a message
                         // is in progress; any other data frame starts one.
-                        let message = self.message.take().unwrap_or_else(|| Message {
-                            text: header.opcode == OpCode::Text,
-                            buf: BytesMut::new(),
-                            checked: 0,
+                        let message = self.message.take().unwrap_or_else(|| {
+                            Box::new(Message {
+                                text: header.opcode == OpCode::Text,
+                                buf: BytesMut::new(),
+                                checked: 0,
+                            })
                         });
-                        State::Data {
+                        State::Data(Box::new(DataFrame {
                             fin: header.fin,
                             payload,
                             message,
-                        }
+                        }))
                     };
                 }
-                State::Data {
-                    fin,
-                    mut payload,
-                    mut message,
-                } => {
-                    if !buf.is_empty() && payload.remaining > 0 {
-                        let frame_end = message.buf.len() + payload.remaining;
-                        let incoming = payload.remaining.min(buf.len());
-                        reserve_capped(&mut message.buf, incoming, frame_end);
-                        payload.read(buf, &mut message.buf);
-                        if message.text {
-                            message.check_utf8()?;
+                State::Data(mut frame) => {
+                    let f = &mut *frame;
+                    if !buf.is_empty() && f.payload.remaining > 0 {
+                        let frame_end = f.message.buf.len() + f.payload.remaining;
+                        let incoming = f.payload.remaining.min(buf.len());
+                        reserve_capped(&mut f.message.buf, incoming, frame_end);
+                        f.payload.read(buf, &mut f.message.buf);
+                        if f.message.text {
+                            f.message.check_utf8()?;
                         }
                     }
-                    if payload.remaining > 0 {
-                        self.state = State::Data {
-                            fin,
-                            payload,
-                            message,
-                        };
+                    if f.payload.remaining > 0 {
+                        self.state = State::Data(frame);
                         return Ok(None);
                     }
+                    let DataFrame { fin, message, .. } = *frame;
                     if fin {
                         return message.finish().map(Some);
                     }
                     self.message = Some(message);
                 }
-                State::Control {
-                    opcode,
-                    mut payload,
-                    buf: mut body,
-                } => {
-                    payload.read(buf, &mut body);
-                    if payload.remaining > 0 {
-                        self.state = State::Control {
-                            opcode,
-                            payload,
-                            buf: body,
-                        };
+                State::Control(mut frame) => {
+                    let f = &mut *frame;
+                    f.payload.read(buf, &mut f.buf);
+                    if f.payload.remaining > 0 {
+                        self.state = State::Control(frame);
                         return Ok(None);
                     }
+                    let ControlFrame {
+                        opcode, buf: body, ..
+                    } = *frame;
                     return control_frame(opcode, body.freeze()).map(Some);
                 }
             }
@@ -552,11 +551,11 @@ impl fmt::Debug for Decoder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (state, frame_remaining) = match &self.state {
             State::Header => ("header", 0),
-            State::Data { payload, .. } => ("data", payload.remaining),
-            State::Control { payload, .. } => ("control", payload.remaining),
+            State::Data(f) => ("data", f.payload.remaining),
+            State::Control(f) => ("control", f.payload.remaining),
         };
         let message_len = match &self.state {
-            State::Data { message, .. } => Some(message.buf.len()),
+            State::Data(f) => Some(f.message.buf.len()),
             _ => self.message.as_ref().map(|m| m.buf.len()),
         };
         f.debug_struct("Decoder")
@@ -1015,7 +1014,8 @@ mod tests {
                 buf.extend_from_slice(piece);
                 frames.extend(decoder.decode(&mut buf).unwrap());
                 let capacity = match (&decoder.state, &decoder.message) {
-                    (State::Data { message, .. }, _) | (_, Some(message)) => message.buf.capacity(),
+                    (State::Data(f), _) => f.message.buf.capacity(),
+                    (_, Some(message)) => message.buf.capacity(),
                     _ => 0,
                 };
                 assert!(capacity <= max, "capacity {capacity} with chunk {chunk}");

@@ -172,6 +172,10 @@ pub struct Counters {
     pub protocol_errors: u64,
     /// Hook calls that panicked (each was contained).
     pub hook_panics: u64,
+    /// Vectored writes to client sockets.
+    pub socket_writes: u64,
+    /// Frames those writes completed (`frames_written / socket_writes` is the batching).
+    pub frames_written: u64,
     /// The broker's counters (all zero without a broker).
     pub broker: BrokerCounters,
 }
@@ -186,6 +190,8 @@ struct AtomicCounters {
     disconnections: AtomicU64,
     protocol_errors: AtomicU64,
     hook_panics: AtomicU64,
+    socket_writes: AtomicU64,
+    frames_written: AtomicU64,
 }
 
 /// A page of a channel's history ([`Hub::history`]).
@@ -1178,6 +1184,8 @@ impl Hub {
             disconnections: get(&c.disconnections),
             protocol_errors: get(&c.protocol_errors),
             hook_panics: get(&c.hook_panics),
+            socket_writes: get(&c.socket_writes),
+            frames_written: get(&c.frames_written),
             broker: self
                 .inner
                 .broker
@@ -1372,6 +1380,13 @@ impl Hub {
             let handle = Client::new(Arc::clone(client), self.clone());
             self.guarded(|| hook(&handle, message));
         }
+    }
+
+    /// One vectored write completed `frames` frames.
+    pub(crate) fn count_write(&self, frames: usize) {
+        let c = &self.inner.counters;
+        c.socket_writes.fetch_add(1, Ordering::Relaxed);
+        c.frames_written.fetch_add(frames as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn count_protocol_error(&self) {

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::RateLimit;
@@ -29,8 +29,9 @@ use crate::message::parse::{self, Request};
 use crate::message::{Json, Message};
 use outbox::Take;
 
-/// Frames gathered into one vectored write at most (Linux allows 1024 iovecs).
-const MAX_IOV: usize = 64;
+/// Frames gathered into one vectored write at most (Linux allows 1024 iovecs). At the
+/// maximum rate a chat room fills 64 every time, so the cap is well above that.
+const MAX_IOV: usize = 512;
 /// Rate-limit cost of a subscribe or unsubscribe, in messages.
 const SUBSCRIBE_COST: f64 = 1.0 / 16.0;
 
@@ -117,35 +118,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let client = hub.register(identity);
-    let guard = Registration {
-        hub: hub.clone(),
-        client: Arc::clone(&client),
-        reason: None,
-    };
+    // From here the session owns the registration: dropping it (cancellation, panic)
+    // unregisters the client too.
     let mut session = Session::new(hub, client, io);
     let reason = std::future::poll_fn(|cx| session.poll_session(cx)).await;
-    let close_timeout = session.hub.config().close_timeout;
-    let mut guard = guard;
-    guard.reason = Some(reason);
-    drop(guard);
-    let _ = tokio::time::timeout(close_timeout, session.io.shutdown()).await;
-}
-
-/// Unregisters the client when dropped.
-struct Registration {
-    hub: Hub,
-    client: Arc<ClientShared>,
-    reason: Option<DisconnectReason>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let reason = self
-            .reason
-            .take()
-            .unwrap_or(DisconnectReason::ConnectionLost);
-        self.hub.unregister(&self.client, &reason);
-    }
+    session.unregister(&reason);
+    std::future::poll_fn(|cx| session.poll_shutdown(cx)).await;
 }
 
 struct Session<S> {
@@ -177,12 +155,32 @@ struct Session<S> {
     close_deadline: Option<Instant>,
     /// After a protocol error the connection is dropped as soon as the close frame is out.
     fail_fast: bool,
-    reason: Option<DisconnectReason>,
+    /// Why the connection is closing, once a close frame was queued (rarely set: boxed).
+    reason: Option<Box<DisconnectReason>>,
+    /// The client was unregistered (the disconnect hook ran).
+    unregistered: bool,
     /// Inbound rate limit, when configured.
-    limiter: Option<TokenBucket>,
+    limiter: Option<Box<TokenBucket>>,
+    /// Frames have been written since the outbox was last found empty.
+    bursting: bool,
+    /// The one-round pause before a write (see `write`).
+    coalesce: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The pause was started during the current poll.
+    coalesce_started: bool,
     /// A request still being carried out (broker round trip); the client's next request is
     /// read when it completes. Resolves to an error reply, if any.
     pending: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>>,
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        // Cancelled or panicked before `serve` unregistered the client.
+        if !self.unregistered {
+            self.unregistered = true;
+            self.hub
+                .unregister(&self.client, &DisconnectReason::ConnectionLost);
+        }
+    }
 }
 
 /// A token bucket refilled continuously at `rate` tokens per second up to `burst`.
@@ -246,17 +244,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             close_deadline: None,
             fail_fast: false,
             reason: None,
-            limiter: config.rate_limit.map(|l| TokenBucket::new(l, now)),
+            limiter: config
+                .rate_limit
+                .map(|l| Box::new(TokenBucket::new(l, now))),
+            unregistered: false,
             pending: None,
+            bursting: false,
+            coalesce: None,
+            coalesce_started: false,
             hub,
             client,
         }
     }
 
+    /// Removes the client from the hub and fires the disconnect hook (once), then arms the
+    /// timer for `poll_shutdown`.
+    fn unregister(&mut self, reason: &DisconnectReason) {
+        if !self.unregistered {
+            self.unregistered = true;
+            self.hub.unregister(&self.client, reason);
+        }
+        let deadline = Instant::now() + self.hub.config().close_timeout;
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// Shuts the socket's write side down (immediate for TCP; a TLS stream sends its
+    /// close_notify), giving up when the timer armed by `unregister` fires.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if Pin::new(&mut self.io).poll_shutdown(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        self.timer.as_mut().poll(cx)
+    }
+
     fn poll_session(&mut self, cx: &mut Context<'_>) -> Poll<DisconnectReason> {
+        self.coalesce_started = false;
         match self.drive(cx) {
             Ok(()) => Poll::Pending,
-            Err(reason) => Poll::Ready(self.reason.take().unwrap_or(reason)),
+            Err(reason) => Poll::Ready(self.reason.take().map_or(reason, |r| *r)),
         }
     }
 
@@ -282,7 +307,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if self.peer_closed || self.fail_fast {
                     return Err(self
                         .reason
-                        .clone()
+                        .as_deref()
+                        .cloned()
                         .unwrap_or(DisconnectReason::ConnectionLost));
                 }
                 if self.close_deadline.is_none() {
@@ -557,6 +583,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
         let mut progress = false;
         loop {
+            if let Some(pause) = &mut self.coalesce {
+                // Not again in the poll that started it: a second poll of a yield completes
+                // at once (and `drive` loops while there is progress).
+                if self.coalesce_started || pause.as_mut().poll(cx).is_pending() {
+                    return Ok(progress);
+                }
+                self.coalesce = None;
+                // What other tasks published during the pause joins this write.
+                self.take(cx, false)?;
+                progress = true;
+            }
             if self.inflight.is_empty() {
                 if self.needs_flush {
                     match Pin::new(&mut self.io).poll_flush(cx) {
@@ -569,9 +606,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     return Ok(progress);
                 }
                 if !self.take(cx, false)? {
+                    // Nothing to write: an idle connection keeps no queue memory.
+                    if self.inflight.capacity() > 0 {
+                        self.inflight = VecDeque::new();
+                    }
                     return Ok(progress);
                 }
                 progress = true;
+                if !self.bursting && !self.close_queued {
+                    // Before writing, wait one scheduler round, so that every task already
+                    // ready (the other sessions of a chat room reading their publishes) adds
+                    // its frames first, and one `writev` carries them all: each socket is
+                    // written at most once per round, as uWebSockets drains once per loop.
+                    self.bursting = true;
+                    let mut pause: Pin<Box<dyn Future<Output = ()> + Send>> =
+                        Box::pin(tokio::task::yield_now());
+                    if pause.as_mut().poll(cx).is_pending() {
+                        self.coalesce = Some(pause);
+                        self.coalesce_started = true;
+                        return Ok(progress);
+                    }
+                }
                 continue;
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
@@ -592,6 +647,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Poll::Ready(Ok(0) | Err(_)) => return Err(DisconnectReason::ConnectionLost),
                 Poll::Ready(Ok(written)) => {
                     progress = true;
+                    self.bursting = false;
                     self.needs_flush = true;
                     self.stalled_since = None;
                     self.consume(written);
@@ -613,7 +669,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Take::Frames => Ok(true),
             Take::Close(reason) => {
                 self.close_queued = true;
-                self.reason.get_or_insert(reason);
+                self.reason.get_or_insert_with(|| Box::new(reason));
                 Ok(true)
             }
             Take::Abort(reason) => Err(reason),
@@ -640,6 +696,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.client.outbox.written(written, frames);
+        self.hub.count_write(frames);
     }
 
     fn timers(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
@@ -677,4 +734,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         Ok(progress)
     }
+}
+
+/// Sizes of the per-connection state over a hyper-upgraded stream.
+pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
+    type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+    vec![
+        ("Session", std::mem::size_of::<Session<Io>>()),
+        ("Decoder", std::mem::size_of::<Decoder>()),
+        ("DisconnectReason", std::mem::size_of::<DisconnectReason>()),
+        ("TokenBucket", std::mem::size_of::<TokenBucket>()),
+        ("Io", std::mem::size_of::<Io>()),
+        ("serve future", std::mem::size_of_val(&serve::<Io>)),
+        ("ClientShared", std::mem::size_of::<ClientShared>()),
+        ("Outbox", std::mem::size_of::<outbox::Outbox>()),
+    ]
 }

@@ -56,12 +56,13 @@ struct CloseRequest {
 
 enum Phase {
     Open,
-    /// A close was requested and not yet taken by the writer.
-    Closing(CloseRequest),
+    /// A close was requested and not yet taken by the writer (boxed: rare, and the phase is
+    /// part of every client's state).
+    Closing(Box<CloseRequest>),
     /// The writer took the close frame.
     CloseTaken,
     /// Forced stop requested.
-    Aborting(DisconnectReason),
+    Aborting(Box<DisconnectReason>),
     /// The session ended; nothing is accepted any more.
     Closed,
 }
@@ -157,11 +158,11 @@ impl Outbox {
                 Enqueue::Dropped
             }
             SlowConsumerPolicy::Disconnect => {
-                st.phase = Phase::Closing(CloseRequest {
+                st.phase = Phase::Closing(Box::new(CloseRequest {
                     frame: frame::close_frame(close_code::POLICY, "slow consumer"),
                     abandon: true,
                     reason: DisconnectReason::SlowConsumer,
-                });
+                }));
                 abandon_data(&mut st);
                 wake(st);
                 Enqueue::SlowConsumer
@@ -205,11 +206,11 @@ impl Outbox {
         if abandon {
             abandon_data(&mut st);
         }
-        st.phase = Phase::Closing(CloseRequest {
+        st.phase = Phase::Closing(Box::new(CloseRequest {
             frame: close,
             abandon,
             reason,
-        });
+        }));
         wake(st);
     }
 
@@ -220,7 +221,7 @@ impl Outbox {
             return;
         }
         abandon_data(&mut st);
-        st.phase = Phase::Aborting(reason);
+        st.phase = Phase::Aborting(Box::new(reason));
         wake(st);
     }
 
@@ -299,11 +300,19 @@ impl Outbox {
                     }
                 }
                 let taken = at > 0 || !st.data.is_empty();
-                out.extend(st.data.drain(..));
+                if out.is_empty() {
+                    // The usual case: hand the whole queue over without moving its frames.
+                    std::mem::swap(out, &mut st.data);
+                } else {
+                    out.extend(st.data.drain(..));
+                }
                 if taken {
                     Take::Frames
                 } else {
                     register(&mut st.waker, waker);
+                    // An idle client keeps no queue memory.
+                    st.data = VecDeque::new();
+                    st.control = VecDeque::new();
                     Take::Idle
                 }
             }
@@ -329,7 +338,7 @@ impl Outbox {
             }
             Phase::Aborting(reason) => {
                 st.phase = Phase::Closed;
-                Take::Abort(reason)
+                Take::Abort(*reason)
             }
             other @ (Phase::CloseTaken | Phase::Closed) => {
                 st.phase = other;
