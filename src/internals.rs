@@ -54,9 +54,3 @@ impl Client {
             .unregister(self.shared(), &DisconnectReason::ConnectionLost);
     }
 }
-
-/// Sizes of per-connection state, for the idle-memory budget (printed by a test).
-#[doc(hidden)]
-pub fn session_sizes() -> Vec<(&'static str, usize)> {
-    crate::session::sizes()
-}

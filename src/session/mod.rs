@@ -735,18 +735,3 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(progress)
     }
 }
-
-/// Sizes of the per-connection state over a hyper-upgraded stream.
-pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
-    type Io = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
-    vec![
-        ("Session", std::mem::size_of::<Session<Io>>()),
-        ("Decoder", std::mem::size_of::<Decoder>()),
-        ("DisconnectReason", std::mem::size_of::<DisconnectReason>()),
-        ("TokenBucket", std::mem::size_of::<TokenBucket>()),
-        ("Io", std::mem::size_of::<Io>()),
-        ("serve future", std::mem::size_of_val(&serve::<Io>)),
-        ("ClientShared", std::mem::size_of::<ClientShared>()),
-        ("Outbox", std::mem::size_of::<outbox::Outbox>()),
-    ]
-}
