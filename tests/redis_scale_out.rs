@@ -353,3 +353,72 @@ async fn an_unreachable_redis_at_start_is_a_clear_error() {
     let config = RedisConfig::new(["redis://127.0.0.1:1"]);
     assert!(Hub::builder().redis(config).build().is_err());
 }
+
+#[tokio::test]
+async fn pipelined_client_publishes_keep_their_order_and_replies_keep_request_order() {
+    let mut redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let hub = Hub::builder()
+        .config(wshub::HubConfig::default().client_publish(vec!["chat:*".parse().unwrap()]))
+        .redis(RedisConfig::new(urls.to_vec()).timeout(Duration::from_millis(500)))
+        .connect()
+        .await
+        .unwrap();
+    let a = TestServer::start(hub).await;
+    let b = node(&urls).await;
+    let mut listener = b.connect().await;
+    subscribe(&mut listener, "chat:1").await;
+    let mut talker = a.connect().await;
+    // A burst (more than the 64 a connection may have in flight, within the rate limit's
+    // burst of 200): many publishes wait for Redis at once, and still arrive in order, once each.
+    for i in 0..150 {
+        send(
+            &mut talker,
+            &format!(r#"{{"type":"publish","channel":"chat:1","data":{i}}}"#),
+        )
+        .await;
+    }
+    sync(&mut talker).await;
+    let expected: Vec<u64> = (0..150).collect();
+    assert_eq!(numbers(&mut listener, 150).await, expected);
+    expect_silence(&mut listener, Duration::from_millis(100)).await;
+
+    // With Redis gone, a publish fails after the broker's timeout, while the next requests
+    // could be answered at once: their replies still come in request order.
+    redis.kill();
+    eventually("node A lost Redis", || {
+        a.hub.counters().broker.connected_shards == 0
+    })
+    .await;
+    send(
+        &mut talker,
+        r#"{"type":"publish","channel":"chat:1","data":"lost"}"#,
+    )
+    .await;
+    send(
+        &mut talker,
+        r#"{"type":"publish","channel":"news","data":"refused"}"#,
+    )
+    .await;
+    send(&mut talker, r#"{"type":"ping"}"#).await;
+    let first = recv_json(&mut talker).await;
+    assert_eq!(first["type"], "error", "{first}");
+    assert!(
+        first["data"].as_str().unwrap().contains("Redis"),
+        "the broker failure first: {first}"
+    );
+    let second = recv_json(&mut talker).await;
+    assert!(
+        second["data"].as_str().unwrap().contains("not allowed"),
+        "then the refused publish: {second}"
+    );
+    assert_eq!(
+        recv_json(&mut talker).await["type"],
+        "pong",
+        "then the pong"
+    );
+    close(listener).await;
+    close(talker).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::procfs::{self, Sample};
-use crate::report::{Latency, Loadgen, Loss, Phase, Server};
+use crate::report::{Latency, Loadgen, Loss, Phase, Process, Server};
 use crate::ws::{self, ReadBuf, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
 
 /// Hex digits of the message header in `data`: 16 (send time) + 16 (sequence) + 8 (publisher).
@@ -58,6 +58,8 @@ pub struct Target {
 /// What one connection does during set-up.
 #[derive(Debug, Clone)]
 pub struct ConnSpec {
+    /// Index of the server (in the targets given to [`open`]) to connect to.
+    pub target: usize,
     /// Channels to subscribe to.
     pub subscribe: Vec<String>,
     /// A tiny `SO_RCVBUF` (clients that never read).
@@ -120,6 +122,8 @@ pub struct PhaseSpec {
     pub drain: Duration,
     /// Server process to observe.
     pub server_pid: Option<u32>,
+    /// More processes whose CPU time per delivery is reported (e.g. other nodes, Redis).
+    pub watch: Vec<(String, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -357,19 +361,25 @@ fn publish_payload(
     out.extend_from_slice(b"\"}");
 }
 
-/// Opens the connections (at most `concurrency` handshakes at a time), subscribes each and
-/// waits until the server has answered a ping sent behind the subscriptions.
+/// Opens the connections (at most `concurrency` handshakes at a time), each to
+/// `targets[spec.target]`, subscribes each and waits until the server has answered a ping sent
+/// behind the subscriptions (a server with a broker answers once its subscriptions are in place
+/// there too).
 ///
 /// # Errors
-/// The first connection that failed, with its index.
+/// The first connection that failed, with its index; a spec whose target is out of range.
 pub async fn open(
-    target: &Target,
+    targets: &[Target],
     specs: &[ConnSpec],
     concurrency: usize,
     timeout: Duration,
 ) -> Result<Vec<Conn>, String> {
+    if let Some(i) = specs.iter().position(|s| s.target >= targets.len()) {
+        return Err(format!("connection {i}: no target {}", specs[i].target));
+    }
     let work = stream::iter(specs.iter().enumerate())
         .map(|(i, spec)| async move {
+            let target = &targets[spec.target];
             let r = tokio::time::timeout(timeout, open_one(target, spec, i as u32)).await;
             (i, r)
         })
@@ -665,6 +675,7 @@ pub async fn run_phase(
     tokio::time::sleep(spec.warmup).await;
 
     let s0 = Snapshot::take(sh, spec.server_pid);
+    let w0 = watched(&spec.watch);
     sh.recording.set(true);
     let mut rss_max = s0.server.map_or(0, |s| s.rss_kib);
     let end = tokio::time::Instant::now() + spec.duration;
@@ -679,6 +690,7 @@ pub async fn run_phase(
         }
     }
     let s1 = Snapshot::take(sh, spec.server_pid);
+    let w1 = watched(&spec.watch);
     sh.recording.set(false);
 
     // Stop publishing and wait (bounded) for what is still on its way.
@@ -710,32 +722,45 @@ pub async fn run_phase(
             Some(Server {
                 cpu_s: cpu,
                 cpu_util: cpu / wall,
-                cpu_us_per_delivery: if delivered > 0 {
-                    cpu * 1e6 / delivered as f64
-                } else {
-                    0.0
-                },
+                cpu_us_per_delivery: per_delivery(cpu * 1e6, delivered),
                 rss_kib_start: a.rss_kib,
                 rss_kib_end: b.rss_kib,
                 rss_kib_max: rss_max.max(b.rss_kib),
                 syscw,
                 syscr: b.syscr - a.syscr,
-                syscw_per_delivery: if delivered > 0 {
-                    syscw as f64 / delivered as f64
-                } else {
-                    0.0
-                },
+                syscw_per_delivery: per_delivery(syscw as f64, delivered),
             })
         }
         _ => None,
     };
+    let processes = spec
+        .watch
+        .iter()
+        .zip(w0.iter().zip(&w1))
+        .filter_map(|((name, pid), (a, b))| {
+            let (a, b) = ((*a)?, (*b)?);
+            let cpu = b.cpu_s - a.cpu_s;
+            Some(Process {
+                name: name.clone(),
+                pid: *pid,
+                cpu_s: cpu,
+                cpu_util: cpu / wall,
+                cpu_us_per_delivery: per_delivery(cpu * 1e6, delivered),
+                user_s: b.user_s - a.user_s,
+                rss_kib_end: b.rss_kib,
+            })
+        })
+        .collect::<Vec<_>>();
     let lg = s1.me.cpu_s - s0.me.cpu_s;
     let server_user = match (s0.server, s1.server) {
         (Some(a), Some(b)) => b.user_s - a.user_s,
         _ => 0.0,
     };
-    let other_user =
-        (s1.machine_user_s - s0.machine_user_s) - server_user - (s1.me.user_s - s0.me.user_s);
+    let watched_user: f64 = processes.iter().map(|p| p.user_s).sum();
+    let other_user = (s1.machine_user_s - s0.machine_user_s)
+        - server_user
+        - watched_user
+        - (s1.me.user_s - s0.me.user_s);
     let expected = fin.expected - base.expected;
     let received = fin.delivered - base.delivered;
     let lost = expected.saturating_sub(received);
@@ -781,6 +806,7 @@ pub async fn run_phase(
             stale: fin.stale - base.stale,
         },
         server,
+        processes,
         loadgen: Loadgen {
             cpu_util: lg / wall,
             saturated: lg / wall > SATURATED,
@@ -790,11 +816,25 @@ pub async fn run_phase(
         errors: fin.errors - base.errors,
         first_error: sh.first_error.borrow().clone(),
         closed: fin.closed - base.closed,
-        tcp_segments_per_delivery: if delivered > 0 {
-            s1.segments.saturating_sub(s0.segments) as f64 / delivered as f64
-        } else {
-            0.0
-        },
+        tcp_segments_per_delivery: per_delivery(
+            s1.segments.saturating_sub(s0.segments) as f64,
+            delivered,
+        ),
+    }
+}
+
+fn watched(watch: &[(String, u32)]) -> Vec<Option<Sample>> {
+    watch
+        .iter()
+        .map(|(_, p)| procfs::sample(Some(*p)))
+        .collect()
+}
+
+fn per_delivery(total: f64, delivered: u64) -> f64 {
+    if delivered > 0 {
+        total / delivered as f64
+    } else {
+        0.0
     }
 }
 

@@ -64,6 +64,25 @@ pub struct Server {
     pub syscw_per_delivery: f64,
 }
 
+/// Another process observed over the measured window (`--watch NAME=PID`: another node, Redis).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Process {
+    /// Name given on the command line.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+    /// CPU seconds (user + system, all threads).
+    pub cpu_s: f64,
+    /// CPU seconds per wall second (1.0 = one core busy).
+    pub cpu_util: f64,
+    /// CPU microseconds per delivered message.
+    pub cpu_us_per_delivery: f64,
+    /// User CPU seconds alone.
+    pub user_s: f64,
+    /// VmRSS at the end of the window, KiB.
+    pub rss_kib_end: u64,
+}
+
 /// The load generator's own core.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Loadgen {
@@ -128,6 +147,8 @@ pub struct Phase {
     pub loss: Loss,
     /// Server figures (with `--pid`).
     pub server: Option<Server>,
+    /// Other observed processes (with `--watch`).
+    pub processes: Vec<Process>,
     /// The load generator's own core.
     pub loadgen: Loadgen,
     /// Idle-connection memory (scenario `idle`).
@@ -200,6 +221,21 @@ pub fn table(phases: &[Phase]) -> String {
             p.loadgen.cpu_util * 100.0,
             if p.loadgen.saturated { " SATURATED" } else { "" }
         );
+        for w in &p.processes {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>12} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+                w.name,
+                "",
+                "",
+                "",
+                "",
+                "",
+                format!("{:.0}%", w.cpu_util * 100.0),
+                format!("{:.3}", w.cpu_us_per_delivery),
+                format!("{:.1}", w.rss_kib_end as f64 / 1024.0),
+            );
+        }
     }
     for p in phases {
         if p.errors > 0 || p.loss.skipped > 0 || p.loss.stale > 0 || p.closed > 0 {
@@ -269,5 +305,26 @@ mod tests {
         assert!(t.contains("SATURATED"));
         assert!(t.contains("not quiet"));
         assert_eq!(human(1500.0), "1.5k");
+    }
+
+    #[test]
+    fn watched_processes_get_a_row_under_their_phase() {
+        let p = Phase {
+            scenario: "relay".into(),
+            phase: "max".into(),
+            processes: vec![Process {
+                name: "redis-1".into(),
+                cpu_util: 0.42,
+                cpu_us_per_delivery: 1.25,
+                rss_kib_end: 2048,
+                ..Process::default()
+            }],
+            ..Phase::default()
+        };
+        let t = table(&[p]);
+        let rows: Vec<&str> = t.lines().collect();
+        assert!(rows[1].starts_with("relay/max"), "{t}");
+        assert!(rows[2].contains("redis-1"), "{t}");
+        assert!(rows[2].contains("42%") && rows[2].contains("1.250") && rows[2].contains("2.0"));
     }
 }

@@ -34,6 +34,8 @@ use outbox::Take;
 const MAX_IOV: usize = 512;
 /// Rate-limit cost of a subscribe or unsubscribe, in messages.
 const SUBSCRIBE_COST: f64 = 1.0 / 16.0;
+/// Client publishes that may wait for the broker's acknowledgement at once, per connection.
+const MAX_PIPELINED: usize = 64;
 
 /// Read buffer growth step. The buffer is allocated when a read is attempted and released
 /// whenever the connection goes idle with nothing buffered.
@@ -167,9 +169,29 @@ struct Session<S> {
     coalesce: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The pause was started during the current poll.
     coalesce_started: bool,
-    /// A request still being carried out (broker round trip); the client's next request is
-    /// read when it completes. Resolves to an error reply, if any.
-    pending: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>>,
+    /// Requests still being carried out by the broker (allocated only while there are any).
+    pending: Option<Box<InFlight>>,
+}
+
+/// A broker round trip; resolves to an error reply, if any.
+type Work = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// Requests waiting for the broker, oldest first.
+///
+/// Client publishes pipeline: the next request is read while up to [`MAX_PIPELINED`] of them
+/// wait for their acknowledgement. Their commands reach the broker in order, since each is
+/// polled once when it is made. Any other request is a barrier. A subscribe waits alone, and no
+/// later request is read before the broker confirmed it. Any other request that arrives while
+/// publishes are in flight is held until they are all done. So replies (a failed publish's
+/// error, a pong, a subscribe's answer) still go out in request order.
+struct InFlight {
+    queue: VecDeque<(Option<Work>, Option<String>)>,
+    /// The queue holds a barrier (then it is its only entry).
+    barrier: bool,
+    /// Requests were queued since the queue was last polled.
+    unpolled: bool,
+    /// A request read while publishes were in flight: carried out once they are all done.
+    held: Option<(Bytes, bool)>,
 }
 
 impl<S> Drop for Session<S> {
@@ -290,17 +312,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn drive(&mut self, cx: &mut Context<'_>) -> Result<(), DisconnectReason> {
         loop {
             let mut progress = false;
-            if let Some(pending) = &mut self.pending {
-                if let Poll::Ready(error) = pending.as_mut().poll(cx) {
-                    self.pending = None;
-                    if let Some(reason) = error {
-                        self.reply_error(&reason);
-                    }
-                    progress = true;
-                }
+            if self.pending.is_some() {
+                progress |= self.poll_pending(cx);
             }
-            if self.reading && self.pending.is_none() {
+            if self.reading && self.may_read() {
                 progress |= self.read(cx)?;
+                // Requests the read queued are polled (started) before anything waits.
+                progress |= self.pending.as_ref().is_some_and(|p| p.unpolled);
             }
             progress |= self.write(cx)?;
             if self.close_queued && self.inflight.is_empty() && !self.needs_flush {
@@ -321,6 +339,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether the next request may be read (see [`InFlight`]).
+    fn may_read(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_none_or(|p| !p.barrier && p.held.is_none() && p.queue.len() < MAX_PIPELINED)
+    }
+
+    /// Polls the broker requests in flight and answers the finished ones in order; carries out
+    /// a held request once nothing is in flight. `true` when something finished.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(p) = &mut self.pending else {
+            return false;
+        };
+        let mut progress = false;
+        p.unpolled = false;
+        for (work, error) in &mut p.queue {
+            if let Some(w) = work {
+                if let Poll::Ready(e) = w.as_mut().poll(cx) {
+                    *work = None;
+                    *error = e;
+                    progress = true;
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        while let Some((None, _)) = p.queue.front() {
+            if let Some((_, Some(e))) = p.queue.pop_front() {
+                errors.push(e);
+            }
+        }
+        let held = if p.queue.is_empty() {
+            let held = p.held.take();
+            self.pending = None;
+            held
+        } else {
+            None
+        };
+        for e in errors {
+            self.reply_error(&e);
+        }
+        if let Some((payload, binary)) = held {
+            self.dispatch(&payload, binary);
+            progress = true;
+        }
+        progress
+    }
+
+    /// Queues a broker request. [`Session::poll_pending`] polls the queue front to back right
+    /// after the read that made it, so the broker sees a connection's requests in order. A
+    /// barrier stops reading until it is done.
+    fn start_pending(&mut self, work: Work, barrier: bool) {
+        let p = self.pending.get_or_insert_with(|| {
+            Box::new(InFlight {
+                queue: VecDeque::new(),
+                barrier: false,
+                unpolled: false,
+                held: None,
+            })
+        });
+        p.queue.push_back((Some(work), None));
+        p.barrier |= barrier;
+        p.unpolled = true;
     }
 
     fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
@@ -358,7 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn decode_buffered(&mut self) {
-        while self.reading && self.pending.is_none() {
+        while self.reading && self.may_read() {
             match self.decoder.decode(&mut self.rbuf) {
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => break,
@@ -430,7 +512,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             return;
         }
-        let parsed = parse::parse(&payload);
+        self.dispatch(&payload, binary);
+    }
+
+    /// Parses and carries out one request (held back while broker requests are in flight,
+    /// unless it is a publish: see [`InFlight`]).
+    fn dispatch(&mut self, payload: &Bytes, binary: bool) {
+        if self.close_queued || !self.client.outbox.is_open() {
+            return;
+        }
+        let parsed = parse::parse(payload);
+        if let Some(p) = &mut self.pending {
+            if !matches!(parsed, Ok(Request::Publish { .. })) {
+                p.held = Some((payload.clone(), binary));
+                return;
+            }
+        }
         // (Un)subscribes are cheap and come in bursts when a client reconnects with many
         // channels: they cost a sixteenth of a message, so 1024 fit in the default burst.
         let cost = match &parsed {
@@ -440,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             _ => 1.0,
         };
         if !self.admit(cost) {
-            return self.reply_error("rate limit exceeded");
+            return self.answer_error("rate limit exceeded".to_owned());
         }
         let request = match parsed {
             Ok(r) => r,
@@ -475,7 +572,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         if let Err(reason) = outcome {
-            self.reply_error(&reason);
+            self.answer_error(reason);
+        }
+    }
+
+    /// An error reply to a request, after the replies of the broker requests still in flight.
+    fn answer_error(&mut self, reason: String) {
+        match &mut self.pending {
+            Some(p) => {
+                p.queue.push_back((None, Some(reason)));
+                p.unpolled = true;
+            }
+            None => self.reply_error(&reason),
         }
     }
 
@@ -498,7 +606,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 channel.to_owned(),
                 since,
             );
-            self.pending = Some(Box::pin(work));
+            self.start_pending(Box::pin(work), true);
             return Ok(());
         }
         let (_, wait) = hub
@@ -507,10 +615,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The next request is read once the broker confirmed, so a client that saw the answer
         // to a later request receives every message published (on any node) after that.
         if let Some(wait) = wait {
-            self.pending = Some(Box::pin(async move {
+            let work = async move {
                 wait.await;
                 None
-            }));
+            };
+            self.start_pending(Box::pin(work), true);
         }
         Ok(())
     }
@@ -538,14 +647,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map(drop)
                 .map_err(|e| e.to_string());
         }
-        // Through the broker: the next request is read once the broker accepted it.
+        // Through the broker: pipelined, answered in order (see `InFlight`).
         let (hub, channel) = (self.hub.clone(), channel.to_owned());
-        self.pending = Some(Box::pin(async move {
+        let work = async move {
             hub.publish(&channel, &message)
                 .await
                 .err()
                 .map(|e| e.to_string())
-        }));
+        };
+        self.start_pending(Box::pin(work), false);
         Ok(())
     }
 

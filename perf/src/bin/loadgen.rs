@@ -6,6 +6,8 @@
 //! loadgen idle   --clients 10000 --pid PID
 //! loadgen slow   --clients 1000 --slow-percent 1 --rate 2000 --size 1024 --pid PID
 //! loadgen hot    --clients 10000 --channels 10 --rate 200 --pid PID
+//! loadgen relay  --url ws://127.0.0.1:8081/ws --sub-url ws://127.0.0.1:8082/ws \
+//!                --clients 1000 --channels 1000 --publishers 4 --watch redis=PID
 //! ```
 
 use std::cell::RefCell;
@@ -31,6 +33,9 @@ enum Scenario {
     Slow,
     /// One channel with N subscribers, then the same subscribers over --channels channels.
     Hot,
+    /// --publishers clients on --url publish round robin over --channels channels whose N
+    /// subscribers are on --sub-url: with a broker between two nodes, every delivery crosses it.
+    Relay,
 }
 
 /// WebSocket hub load generator: 127.0.0.1 only, one thread, bounded in time.
@@ -43,6 +48,18 @@ struct Args {
     /// Server URL (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
+    /// Where the subscribers connect (another node of the same cluster) [default: --url].
+    /// In `chat`, the clients alternate between --url and --sub-url; in the other scenarios the
+    /// publisher stays on --url.
+    #[arg(long)]
+    sub_url: Option<String>,
+    /// relay: publishing clients (on --url), each over its share of the channels.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Another process to report CPU per delivery for, as NAME=PID (repeatable), e.g. a second
+    /// node or redis-server.
+    #[arg(long, value_parser = parse_watch)]
+    watch: Vec<(String, u32)>,
     /// Subscribing clients (chat: every client also publishes).
     #[arg(long, short = 'n', default_value_t = 32)]
     clients: usize,
@@ -83,7 +100,8 @@ struct Args {
     /// slow: percentage of subscribers that never read.
     #[arg(long, default_value_t = 1.0)]
     slow_percent: f64,
-    /// hot: number of channels in the spread phase.
+    /// hot: number of channels in the spread phase; relay: number of channels (subscriber i
+    /// joins channel i mod channels).
     #[arg(long, default_value_t = 10)]
     channels: usize,
     /// idle: seconds to let the server settle before reading its memory.
@@ -100,7 +118,7 @@ struct Args {
 #[allow(clippy::print_stdout, reason = "the results go to stdout")]
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (target, rate) = match validate(&args) {
+    let (targets, rate) = match validate(&args) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("loadgen: {e}");
@@ -140,7 +158,7 @@ fn main() -> ExitCode {
     );
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&runtime, async {
-        tokio::time::timeout(limit, run(&args, &target, rate)).await
+        tokio::time::timeout(limit, run(&args, &targets, rate)).await
     });
     let phases = match result {
         Ok(Ok(p)) => p,
@@ -172,14 +190,23 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Idle => "idle",
         Scenario::Slow => "slow",
         Scenario::Hot => "hot",
+        Scenario::Relay => "relay",
     }
 }
 
-fn validate(args: &Args) -> Result<(Target, Rate), String> {
-    let rest = args
-        .url
+fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    let pid = pid.parse().map_err(|e| format!("PID {pid:?}: {e}"))?;
+    if name.is_empty() {
+        return Err("expected NAME=PID".into());
+    }
+    Ok((name.to_owned(), pid))
+}
+
+fn parse_target(url: &str, flag: &str) -> Result<Target, String> {
+    let rest = url
         .strip_prefix("ws://")
-        .ok_or("--url must start with ws://")?;
+        .ok_or_else(|| format!("{flag} must start with ws://"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -187,13 +214,26 @@ fn validate(args: &Args) -> Result<(Target, Rate), String> {
     let hostport = hostport.replace("localhost", "127.0.0.1");
     let addr: SocketAddr = hostport
         .parse()
-        .map_err(|e| format!("--url {}: {e} (use an IP address and port)", args.url))?;
+        .map_err(|e| format!("{flag} {url}: {e} (use an IP address and port)"))?;
     let loopback = match addr.ip() {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => v6.is_loopback(),
     };
     if !loopback {
-        return Err("--url must point at a loopback address (127.0.0.0/8 or ::1)".into());
+        return Err(format!(
+            "{flag} must point at a loopback address (127.0.0.0/8 or ::1)"
+        ));
+    }
+    Ok(Target {
+        addr,
+        path: path.to_owned(),
+    })
+}
+
+fn validate(args: &Args) -> Result<(Vec<Target>, Rate), String> {
+    let mut targets = vec![parse_target(&args.url, "--url")?];
+    if let Some(url) = &args.sub_url {
+        targets.push(parse_target(url, "--sub-url")?);
     }
     if args.clients == 0 || args.clients > 19_000 {
         return Err("--clients must be 1..=19000 (the machine allows 20,000 open files)".into());
@@ -220,6 +260,10 @@ fn validate(args: &Args) -> Result<(Target, Rate), String> {
     if args.channels == 0 || args.channels > args.clients {
         return Err("--channels must be 1..=clients".into());
     }
+    if args.scenario == Scenario::Relay && (args.publishers == 0 || args.publishers > args.channels)
+    {
+        return Err("--publishers must be 1..=channels".into());
+    }
     let rate = if args.rate == "max" {
         Rate::Max
     } else {
@@ -232,25 +276,21 @@ fn validate(args: &Args) -> Result<(Target, Rate), String> {
         }
         Rate::Fixed(r)
     };
-    Ok((
-        Target {
-            addr,
-            path: path.to_owned(),
-        },
-        rate,
-    ))
+    Ok((targets, rate))
 }
 
-async fn run(args: &Args, target: &Target, rate: Rate) -> Result<Vec<Phase>, String> {
+async fn run(args: &Args, targets: &[Target], rate: Rate) -> Result<Vec<Phase>, String> {
     let n = args.clients;
     let read_buffer = args
         .read_buffer
         .unwrap_or(if n > 1000 { 8 << 10 } else { 64 << 10 });
-    let publishers = if args.scenario == Scenario::Chat {
-        n
-    } else {
-        1
+    let publishers = match args.scenario {
+        Scenario::Chat => n,
+        Scenario::Relay => args.publishers,
+        _ => 1,
     };
+    // Subscribers go to the last target: --sub-url when given, else --url.
+    let subs_at = targets.len() - 1;
     let window = args.inflight.unwrap_or(match (rate, args.scenario) {
         // At a fixed rate, at most 200 ms of a publisher's messages may be in flight: a server
         // that falls further behind does not sustain the offered load, and the sends that do
@@ -261,6 +301,7 @@ async fn run(args: &Args, target: &Target, rate: Rate) -> Result<Vec<Phase>, Str
     });
     let batch = args.batch.unwrap_or((window / 2).max(1));
     let sub = |channels: Vec<String>| ConnSpec {
+        target: subs_at,
         subscribe: channels,
         small_rcvbuf: false,
         read_buffer,
@@ -281,9 +322,11 @@ async fn run(args: &Args, target: &Target, rate: Rate) -> Result<Vec<Phase>, Str
         duration: Duration::from_secs_f64(args.duration),
         drain: Duration::from_secs_f64(args.drain),
         server_pid: args.pid,
+        watch: args.watch.clone(),
     };
     let room = args.channel.clone();
     let publisher_conn = ConnSpec {
+        target: 0,
         subscribe: Vec::new(),
         small_rcvbuf: false,
         read_buffer: 16 << 10,
@@ -296,7 +339,13 @@ async fn run(args: &Args, target: &Target, rate: Rate) -> Result<Vec<Phase>, Str
     let sh = Rc::new(Shared::new());
     let (specs, phases): (Vec<ConnSpec>, Vec<PhaseSpec>) = match args.scenario {
         Scenario::Chat => {
-            let specs = (0..n).map(|_| sub(vec![room.clone()])).collect();
+            // With --sub-url, half of the room is on each node.
+            let specs = (0..n)
+                .map(|i| ConnSpec {
+                    target: i % targets.len(),
+                    ..sub(vec![room.clone()])
+                })
+                .collect();
             let pubs = (0..n)
                 .map(|i| PubSpec {
                     conn: i,
@@ -367,6 +416,29 @@ async fn run(args: &Args, target: &Target, rate: Rate) -> Result<Vec<Phase>, Str
             spread.batch = batch * k as u32;
             (specs, vec![one, spread])
         }
+        Scenario::Relay => {
+            let k = args.channels;
+            let p = args.publishers;
+            let mut specs = vec![publisher_conn; p];
+            specs.extend((0..n).map(|i| sub(vec![format!("{}{}", room, i % k)])));
+            let mut counts = vec![0u32; k];
+            for i in 0..n {
+                counts[i % k] += 1;
+            }
+            let pubs = (0..p)
+                .map(|j| PubSpec {
+                    conn: j,
+                    channels: (j..k)
+                        .step_by(p)
+                        .map(|c| (format!("{room}{c}"), counts[c]))
+                        .collect(),
+                    reads_events: false,
+                })
+                .collect();
+            let mut phase = base(&rate_name, pubs, (p..p + n).collect());
+            phase.phase = format!("{rate_name},{p}x{k}ch");
+            (specs, vec![phase])
+        }
         Scenario::Idle => {
             let specs = (0..n)
                 .map(|_| ConnSpec {
@@ -380,7 +452,7 @@ async fn run(args: &Args, target: &Target, rate: Rate) -> Result<Vec<Phase>, Str
 
     let before = args.pid.and_then(|p| procfs::sample(Some(p)));
     let setup_timeout = Duration::from_secs(60);
-    let conns = load::open(target, &specs, args.connect_concurrency, setup_timeout).await?;
+    let conns = load::open(targets, &specs, args.connect_concurrency, setup_timeout).await?;
     let conns: Vec<Rc<RefCell<Option<load::Conn>>>> = conns
         .into_iter()
         .map(|c| Rc::new(RefCell::new(Some(c))))
