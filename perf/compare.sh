@@ -154,8 +154,8 @@ for i in $(seq "$RUNS_SMALL"); do
         echo "-- idle/slow/hot run $i/$RUNS_SMALL $s ($((SECONDS - START)) s)" >&2
         run idle_10k "$s" "$i" idle --clients 10000
         if [ "$QUICK" = 0 ]; then
-            run slow_0 "$s" "$i" slow --clients 1000 --slow-percent 0 --size 1024 --rate 300 $W
-            run slow_1 "$s" "$i" slow --clients 1000 --slow-percent 1 --size 1024 --rate 300 $W
+            run slow_0 "$s" "$i" slow --clients 1000 --slow-percent 0 --size 1024 --rate 50 $W
+            run slow_1 "$s" "$i" slow --clients 1000 --slow-percent 1 --size 1024 --rate 50 $W
             run hot_10k "$s" "$i" hot --clients 10000 --channels 10 --rate 20 $W
         fi
     done

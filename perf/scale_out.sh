@@ -15,7 +15,8 @@
 # Environment:
 #   WSHUB_BIN     a prebuilt wshub binary with the `redis` feature (default: cargo build --release)
 #   REDIS_SERVER  redis-server to run (default: the one on PATH; `apt-get install -y redis-server`)
-#   RELAY_RATE    offered deliveries/s of the fixed-load relay test (default 100000)
+#   RELAY_RATE    offered deliveries/s of the fixed-load relay test (default 20000, which every
+#                 configuration sustains here)
 #   PORT          base port (default 18580; nodes use PORT and PORT+1, Redis PORT+10 and PORT+11)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ if [ "$QUICK" = 1 ]; then
 else
     RUNS=${RUNS:-3}; DURATION=4; WARMUP=1
 fi
-RELAY_RATE=${RELAY_RATE:-100000}
+RELAY_RATE=${RELAY_RATE:-20000}
 PORT=${PORT:-18580}
 OUT=${OUT:-$ROOT/target/perf-scale-out/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
