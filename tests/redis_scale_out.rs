@@ -20,6 +20,17 @@ async fn node(urls: &[String]) -> TestServer {
     TestServer::start(hub).await
 }
 
+/// A node whose clients may publish to `chat:*`.
+async fn chat_node(urls: &[String]) -> TestServer {
+    let hub = Hub::builder()
+        .config(wshub::HubConfig::default().client_publish(vec!["chat:*".parse().unwrap()]))
+        .redis(RedisConfig::new(urls.to_vec()).timeout(Duration::from_millis(500)))
+        .connect()
+        .await
+        .expect("connect to Redis");
+    TestServer::start(hub).await
+}
+
 fn numbered(i: usize) -> Message {
     Message::new("event").with_data(Json::parse(i.to_string()).unwrap())
 }
@@ -81,14 +92,7 @@ async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
 async fn client_publish_and_http_publish_cross_nodes_too() {
     let redis = RedisServer::start().await;
     let urls = [redis.url()];
-    let config = RedisConfig::new(urls.to_vec());
-    let hub = Hub::builder()
-        .config(wshub::HubConfig::default().client_publish(vec!["chat:*".parse().unwrap()]))
-        .redis(config)
-        .connect()
-        .await
-        .unwrap();
-    let a = TestServer::start(hub).await;
+    let a = chat_node(&urls).await;
     let b = node(&urls).await;
     let mut listener = b.connect().await;
     subscribe(&mut listener, "chat:1").await;
@@ -358,13 +362,7 @@ async fn an_unreachable_redis_at_start_is_a_clear_error() {
 async fn pipelined_client_publishes_keep_their_order_and_replies_keep_request_order() {
     let mut redis = RedisServer::start().await;
     let urls = [redis.url()];
-    let hub = Hub::builder()
-        .config(wshub::HubConfig::default().client_publish(vec!["chat:*".parse().unwrap()]))
-        .redis(RedisConfig::new(urls.to_vec()).timeout(Duration::from_millis(500)))
-        .connect()
-        .await
-        .unwrap();
-    let a = TestServer::start(hub).await;
+    let a = chat_node(&urls).await;
     let b = node(&urls).await;
     let mut listener = b.connect().await;
     subscribe(&mut listener, "chat:1").await;
