@@ -20,10 +20,13 @@ async fn node(urls: &[String]) -> TestServer {
     TestServer::start(hub).await
 }
 
-/// A node whose clients may publish to `chat:*`.
+/// A node whose clients may publish to `chat:*`; `chat:h*` channels keep history.
 async fn chat_node(urls: &[String]) -> TestServer {
+    let config = wshub::HubConfig::default()
+        .client_publish(vec!["chat:*".parse().unwrap()])
+        .history(vec!["chat:h*".parse().unwrap()]);
     let hub = Hub::builder()
-        .config(wshub::HubConfig::default().client_publish(vec!["chat:*".parse().unwrap()]))
+        .config(config)
         .redis(RedisConfig::new(urls.to_vec()).timeout(Duration::from_millis(500)))
         .connect()
         .await
@@ -417,6 +420,72 @@ async fn pipelined_client_publishes_keep_their_order_and_replies_keep_request_or
     );
     close(listener).await;
     close(talker).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Sends `{"type":"publish","channel":C,"data":i}` for each `i`, without waiting.
+async fn publish_burst(ws: &mut Ws, channel: &str, range: std::ops::Range<u64>) {
+    for i in range {
+        send(
+            ws,
+            &format!(r#"{{"type":"publish","channel":"{channel}","data":{i}}}"#),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn publishes_sent_right_before_a_close_frame_still_reach_other_nodes() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (chat_node(&urls).await, node(&urls).await);
+    let mut listener = b.connect().await;
+    subscribe(&mut listener, "chat:1").await;
+    for round in 0..5u64 {
+        let mut talker = a.connect().await;
+        publish_burst(&mut talker, "chat:1", round * 100..round * 100 + 60).await;
+        // The close frame is read while the publishes may still wait for Redis: they are
+        // carried out first, then the close handshake completes.
+        close(talker).await;
+        let expected: Vec<u64> = (round * 100..round * 100 + 60).collect();
+        assert_eq!(numbers(&mut listener, 60).await, expected, "round {round}");
+    }
+    expect_silence(&mut listener, Duration::from_millis(100)).await;
+    close(listener).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn history_publishes_from_one_client_stay_in_order_across_script_reloads() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (chat_node(&urls).await, chat_node(&urls).await);
+    let mut listener = b.connect().await;
+    send(&mut listener, r#"{"type":"subscribe","channel":"chat:h1"}"#).await;
+    let answer = sync_collect(&mut listener).await;
+    assert!(
+        answer[0].starts_with(r#"{"type":"subscribed""#),
+        "{answer:?}"
+    );
+    let mut talker = a.connect().await;
+    for round in 0..5u64 {
+        // With the script gone, the first publish is refused (NOSCRIPT), loads the script and
+        // retries: a later publish must not overtake it.
+        redis.query(&["SCRIPT", "FLUSH"]).await.unwrap();
+        // Spread over about a Redis round trip, so that later publishes would reach Redis
+        // between the first one's refusal and its retry.
+        for i in round * 20..round * 20 + 20 {
+            publish_burst(&mut talker, "chat:h1", i..i + 1).await;
+            tokio::time::sleep(Duration::from_micros(50 * (i % 4))).await;
+        }
+        sync(&mut talker).await;
+        let expected: Vec<u64> = (round * 20..round * 20 + 20).collect();
+        assert_eq!(numbers(&mut listener, 20).await, expected, "round {round}");
+    }
+    close(talker).await;
+    close(listener).await;
     a.stop().await;
     b.stop().await;
 }

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::RateLimit;
-use crate::frame::{self, close_code, Decoder, Frame, Role};
+use crate::frame::{self, close_code, Decoder, Frame, ProtocolError, Role};
 use crate::hub::client::ClientShared;
 use crate::hub::{ChannelAction, Hub, IncomingMessage};
 use crate::message::parse::{self, Request};
@@ -36,6 +36,8 @@ const MAX_IOV: usize = 512;
 const SUBSCRIBE_COST: f64 = 1.0 / 16.0;
 /// Client publishes that may wait for the broker's acknowledgement at once, per connection.
 const MAX_PIPELINED: usize = 64;
+/// ... and their payload bytes at most (beyond the first publish).
+const MAX_PIPELINED_BYTES: usize = 256 << 10;
 
 /// Read buffer growth step. The buffer is allocated when a read is attempted and released
 /// whenever the connection goes idle with nothing buffered.
@@ -178,20 +180,39 @@ type Work = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 /// Requests waiting for the broker, oldest first.
 ///
-/// Client publishes pipeline: the next request is read while up to [`MAX_PIPELINED`] of them
-/// wait for their acknowledgement. Their commands reach the broker in order, since each is
-/// polled once when it is made. Any other request is a barrier. A subscribe waits alone, and no
-/// later request is read before the broker confirmed it. Any other request that arrives while
-/// publishes are in flight is held until they are all done. So replies (a failed publish's
-/// error, a pong, a subscribe's answer) still go out in request order.
+/// Client publishes on channels without history pipeline: the next request is read while up to
+/// [`MAX_PIPELINED`] of them (and [`MAX_PIPELINED_BYTES`]) wait for their acknowledgement.
+/// Their commands reach the broker in order, since each is polled once, front to back, right
+/// after the read that made it. Everything else is a barrier that runs alone: a subscribe
+/// waiting for the broker, and a publish on a history channel (the broker may retry its script,
+/// which must not let a later publish overtake it). A request of that kind that arrives while
+/// publishes are in flight is held until they are all done, and so are the client's close
+/// frame, a protocol violation and the end of the stream. So replies (a failed publish's error,
+/// a pong, a subscribe's answer) go out in request order, and no accepted request is dropped
+/// because the connection ends.
 struct InFlight {
-    queue: VecDeque<(Option<Work>, Option<String>)>,
+    /// Each request with its payload size; `None` work is done, with its error reply, if any.
+    queue: VecDeque<(Option<Work>, Option<String>, usize)>,
+    /// Payload bytes of the requests in `queue`.
+    bytes: usize,
     /// The queue holds a barrier (then it is its only entry).
     barrier: bool,
     /// Requests were queued since the queue was last polled.
     unpolled: bool,
-    /// A request read while publishes were in flight: carried out once they are all done.
-    held: Option<(Bytes, bool)>,
+    /// What was read while requests were in flight and must wait for them.
+    held: Option<Held>,
+}
+
+/// Something read that waits until the broker requests before it are done.
+enum Held {
+    /// A request that is not a pipelined publish.
+    Request(Bytes, bool),
+    /// The client's close frame.
+    Close(Frame),
+    /// A protocol violation.
+    Violation(ProtocolError),
+    /// The end of the stream.
+    Eof,
 }
 
 impl<S> Drop for Session<S> {
@@ -313,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             let mut progress = false;
             if self.pending.is_some() {
-                progress |= self.poll_pending(cx);
+                progress |= self.poll_pending(cx)?;
             }
             if self.reading && self.may_read() {
                 progress |= self.read(cx)?;
@@ -343,20 +364,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Whether the next request may be read (see [`InFlight`]).
     fn may_read(&self) -> bool {
-        self.pending
-            .as_ref()
-            .is_none_or(|p| !p.barrier && p.held.is_none() && p.queue.len() < MAX_PIPELINED)
+        self.pending.as_ref().is_none_or(|p| {
+            !p.barrier
+                && p.held.is_none()
+                && p.queue.len() < MAX_PIPELINED
+                && p.bytes < MAX_PIPELINED_BYTES
+        })
     }
 
     /// Polls the broker requests in flight and answers the finished ones in order; carries out
-    /// a held request once nothing is in flight. `true` when something finished.
-    fn poll_pending(&mut self, cx: &mut Context<'_>) -> bool {
+    /// what was held once nothing is in flight. `Ok(true)` when something finished.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
         let Some(p) = &mut self.pending else {
-            return false;
+            return Ok(false);
         };
         let mut progress = false;
         p.unpolled = false;
-        for (work, error) in &mut p.queue {
+        for (work, error, _) in &mut p.queue {
             if let Some(w) = work {
                 if let Poll::Ready(e) = w.as_mut().poll(cx) {
                     *work = None;
@@ -366,9 +390,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         let mut errors = Vec::new();
-        while let Some((None, _)) = p.queue.front() {
-            if let Some((_, Some(e))) = p.queue.pop_front() {
-                errors.push(e);
+        while let Some((None, _, _)) = p.queue.front() {
+            if let Some((_, error, size)) = p.queue.pop_front() {
+                p.bytes -= size;
+                errors.extend(error);
             }
         }
         let held = if p.queue.is_empty() {
@@ -381,33 +406,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         for e in errors {
             self.reply_error(&e);
         }
-        if let Some((payload, binary)) = held {
-            self.dispatch(&payload, binary);
-            progress = true;
+        let released = held.is_some();
+        match held {
+            None => {}
+            Some(Held::Request(payload, binary)) => self.dispatch(&payload, binary),
+            Some(Held::Close(frame)) => self.on_frame(frame),
+            Some(Held::Violation(e)) => self.violation(&e),
+            Some(Held::Eof) => self.on_eof()?,
         }
-        progress
+        Ok(progress || released)
     }
 
-    /// Queues a broker request. [`Session::poll_pending`] polls the queue front to back right
-    /// after the read that made it, so the broker sees a connection's requests in order. A
-    /// barrier stops reading until it is done.
-    fn start_pending(&mut self, work: Work, barrier: bool) {
+    /// Queues a broker request of `size` payload bytes. [`Session::poll_pending`] polls the
+    /// queue front to back right after the read that made it, so the broker sees a connection's
+    /// requests in order. A barrier stops reading until it is done.
+    fn start_pending(&mut self, work: Work, size: usize, barrier: bool) {
         let p = self.pending.get_or_insert_with(|| {
             Box::new(InFlight {
                 queue: VecDeque::new(),
+                bytes: 0,
                 barrier: false,
                 unpolled: false,
                 held: None,
             })
         });
-        p.queue.push_back((Some(work), None));
+        p.queue.push_back((Some(work), None, size));
+        p.bytes += size;
         p.barrier |= barrier;
         p.unpolled = true;
     }
 
+    /// Keeps `what` until the broker requests in flight are done; `false` when there are none.
+    fn hold(&mut self, what: Held) -> Result<(), Held> {
+        match &mut self.pending {
+            Some(p) => {
+                p.held = Some(what);
+                Ok(())
+            }
+            None => Err(what),
+        }
+    }
+
     fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, DisconnectReason> {
         self.decode_buffered();
-        if !self.reading {
+        if !self.reading || !self.may_read() {
+            // Not a byte more while requests wait: the client is held back by TCP.
             return Ok(false);
         }
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
@@ -422,13 +465,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Poll::Ready(Ok(0)) => {
                 self.reading = false;
-                if self.close_deadline.is_some() || self.close_queued {
-                    // We sent our close; EOF is an acceptable end of the handshake.
-                    self.peer_closed = true;
-                    Ok(true)
-                } else {
-                    Err(DisconnectReason::ConnectionLost)
+                // Requests already accepted are carried out first.
+                if self.hold(Held::Eof).is_err() {
+                    self.on_eof()?;
                 }
+                Ok(true)
             }
             Poll::Ready(Ok(_)) => {
                 self.last_rx = Instant::now();
@@ -442,25 +483,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn decode_buffered(&mut self) {
         while self.reading && self.may_read() {
             match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(frame @ Frame::Close(_))) => {
+                    if let Err(Held::Close(frame)) = self.hold(Held::Close(frame)) {
+                        self.on_frame(frame);
+                    }
+                }
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => break,
                 Err(e) => {
-                    self.hub.count_protocol_error();
-                    self.fail_fast = true;
+                    // Nothing after a violation is decoded.
                     self.reading = false;
-                    // Graceful: replies to the messages that arrived before the violation
-                    // still go out, then the close frame (Autobahn 3.2, 4.1.3, 5.15).
-                    self.client.outbox.request_close(
-                        frame::close_frame(e.code(), e.reason()),
-                        false,
-                        DisconnectReason::ProtocolError {
-                            code: e.code(),
-                            reason: e.reason(),
-                        },
-                    );
+                    if let Err(Held::Violation(e)) = self.hold(Held::Violation(e)) {
+                        self.violation(&e);
+                    }
                 }
             }
         }
+    }
+
+    /// The end of the stream (once the requests before it are done).
+    fn on_eof(&mut self) -> Result<(), DisconnectReason> {
+        self.reading = false;
+        if self.close_deadline.is_some() || self.close_queued {
+            // We sent our close; EOF is an acceptable end of the handshake.
+            self.peer_closed = true;
+            Ok(())
+        } else {
+            Err(DisconnectReason::ConnectionLost)
+        }
+    }
+
+    /// A protocol violation (once the requests before it are done).
+    fn violation(&mut self, e: &ProtocolError) {
+        self.hub.count_protocol_error();
+        self.fail_fast = true;
+        self.reading = false;
+        // Graceful: replies to the messages that arrived before the violation still go out,
+        // then the close frame (Autobahn 3.2, 4.1.3, 5.15).
+        self.client.outbox.request_close(
+            frame::close_frame(e.code(), e.reason()),
+            false,
+            DisconnectReason::ProtocolError {
+                code: e.code(),
+                reason: e.reason(),
+            },
+        );
     }
 
     fn on_frame(&mut self, frame: Frame) {
@@ -522,9 +589,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         let parsed = parse::parse(payload);
-        if let Some(p) = &mut self.pending {
-            if !matches!(parsed, Ok(Request::Publish { .. })) {
-                p.held = Some((payload.clone(), binary));
+        if self.pending.is_some() {
+            let config = self.hub.config();
+            let pipelined = matches!(&parsed, Ok(Request::Publish { channel, .. })
+                if !config.has_history(channel));
+            if !pipelined {
+                let _ = self.hold(Held::Request(payload.clone(), binary));
                 return;
             }
         }
@@ -580,7 +650,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn answer_error(&mut self, reason: String) {
         match &mut self.pending {
             Some(p) => {
-                p.queue.push_back((None, Some(reason)));
+                p.queue.push_back((None, Some(reason), 0));
                 p.unpolled = true;
             }
             None => self.reply_error(&reason),
@@ -606,7 +676,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 channel.to_owned(),
                 since,
             );
-            self.start_pending(Box::pin(work), true);
+            self.start_pending(Box::pin(work), 0, true);
             return Ok(());
         }
         let (_, wait) = hub
@@ -619,7 +689,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 wait.await;
                 None
             };
-            self.start_pending(Box::pin(work), true);
+            self.start_pending(Box::pin(work), 0, true);
         }
         Ok(())
     }
@@ -648,6 +718,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map_err(|e| e.to_string());
         }
         // Through the broker: pipelined, answered in order (see `InFlight`).
+        let history = self.hub.config().has_history(channel);
+        let size = data.map_or(0, |d| d.get().len());
         let (hub, channel) = (self.hub.clone(), channel.to_owned());
         let work = async move {
             hub.publish(&channel, &message)
@@ -655,7 +727,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .err()
                 .map(|e| e.to_string())
         };
-        self.start_pending(Box::pin(work), false);
+        self.start_pending(Box::pin(work), size, history);
         Ok(())
     }
 
