@@ -206,6 +206,19 @@ pub(crate) struct Recovering {
     pub(crate) held: Vec<(u64, Bytes)>,
 }
 
+/// Removes a client's [`Recovering`] entry when dropped (a no-op once the recovery took it).
+pub(crate) struct UnmarkRecovering {
+    pub(crate) state: Arc<Mutex<RemoteState>>,
+    pub(crate) client: u64,
+}
+
+impl Drop for UnmarkRecovering {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.recovering.retain(|r| r.client != self.client);
+    }
+}
+
 /// This node's view of one broker-history channel: who is recovering, and who has received
 /// (from the stored history) publications this node's live stream has not delivered yet.
 #[derive(Default)]

@@ -846,6 +846,12 @@ impl Hub {
             }
             Ok((true, wait)) => wait,
         };
+        // If this future is dropped while waiting (the connection ended), the client must not
+        // stay marked as recovering: that would keep the channel off its fast path for good.
+        let _unmark = history::UnmarkRecovering {
+            state: Arc::clone(&state),
+            client: client.id,
+        };
         if let Some(wait) = wait {
             wait.await;
         }
