@@ -436,14 +436,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         p.unpolled = true;
     }
 
-    /// Keeps `what` until the broker requests in flight are done; `false` when there are none.
-    fn hold(&mut self, what: Held) -> Result<(), Held> {
-        match &mut self.pending {
-            Some(p) => {
-                p.held = Some(what);
-                Ok(())
-            }
-            None => Err(what),
+    /// Keeps `what` until the broker requests in flight are done (call only while there are
+    /// any).
+    fn hold(&mut self, what: Held) {
+        if let Some(p) = &mut self.pending {
+            p.held = Some(what);
         }
     }
 
@@ -466,7 +463,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Poll::Ready(Ok(0)) => {
                 self.reading = false;
                 // Requests already accepted are carried out first.
-                if self.hold(Held::Eof).is_err() {
+                if self.pending.is_some() {
+                    self.hold(Held::Eof);
+                } else {
                     self.on_eof()?;
                 }
                 Ok(true)
@@ -483,17 +482,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn decode_buffered(&mut self) {
         while self.reading && self.may_read() {
             match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(frame @ Frame::Close(_))) => {
-                    if let Err(Held::Close(frame)) = self.hold(Held::Close(frame)) {
-                        self.on_frame(frame);
-                    }
+                Ok(Some(frame @ Frame::Close(_))) if self.pending.is_some() => {
+                    self.hold(Held::Close(frame));
                 }
                 Ok(Some(frame)) => self.on_frame(frame),
                 Ok(None) => break,
                 Err(e) => {
                     // Nothing after a violation is decoded.
                     self.reading = false;
-                    if let Err(Held::Violation(e)) = self.hold(Held::Violation(e)) {
+                    if self.pending.is_some() {
+                        self.hold(Held::Violation(e));
+                    } else {
                         self.violation(&e);
                     }
                 }
@@ -503,7 +502,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The end of the stream (once the requests before it are done).
     fn on_eof(&mut self) -> Result<(), DisconnectReason> {
-        self.reading = false;
         if self.close_deadline.is_some() || self.close_queued {
             // We sent our close; EOF is an acceptable end of the handshake.
             self.peer_closed = true;
@@ -517,7 +515,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn violation(&mut self, e: &ProtocolError) {
         self.hub.count_protocol_error();
         self.fail_fast = true;
-        self.reading = false;
         // Graceful: replies to the messages that arrived before the violation still go out,
         // then the close frame (Autobahn 3.2, 4.1.3, 5.15).
         self.client.outbox.request_close(
@@ -594,7 +591,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let pipelined = matches!(&parsed, Ok(Request::Publish { channel, .. })
                 if !config.has_history(channel));
             if !pipelined {
-                let _ = self.hold(Held::Request(payload.clone(), binary));
+                self.hold(Held::Request(payload.clone(), binary));
                 return;
             }
         }
