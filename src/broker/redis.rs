@@ -171,6 +171,20 @@ impl RedisBroker {
         })
     }
 
+    /// A publish's result, counted as published or failed.
+    fn counted<T>(&self, result: redis::RedisResult<T>) -> Result<T, String> {
+        match result {
+            Ok(v) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!("Redis publish failed: {e}"))
+            }
+        }
+    }
+
     fn route(&self, channel: Option<&str>) -> (&Shard, String) {
         match channel {
             Some(c) => (
@@ -199,16 +213,7 @@ impl Broker for RedisBroker {
                 .arg(payload)
                 .query_async(&mut conn)
                 .await;
-            match result {
-                Ok(_) => {
-                    self.counters.published.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => {
-                    self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    Err(format!("Redis publish failed: {e}"))
-                }
-            }
+            self.counted(result).map(drop)
         })
     }
 
@@ -249,16 +254,7 @@ impl Broker for RedisBroker {
                 .arg(pubsub)
                 .invoke_async(&mut conn)
                 .await;
-            match result {
-                Ok(position) => {
-                    self.counters.published.fetch_add(1, Ordering::Relaxed);
-                    Ok(position)
-                }
-                Err(e) => {
-                    self.counters.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    Err(format!("Redis publish failed: {e}"))
-                }
-            }
+            self.counted(result)
         })
     }
 
