@@ -18,6 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=perf/lib.sh
+source perf/lib.sh
 
 QUICK=0
 RUNS=""
@@ -83,12 +85,10 @@ start_server() {
         tungstenite) taskset -c 0 "$TUNG_BIN" "127.0.0.1:$port" 2>>"$OUT/$name.log" & ;;
     esac
     SPID=$!
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "compare.sh: $name did not start listening on $port" >&2
-    exit 1
+    if ! wait_port "$port"; then
+        echo "compare.sh: $name did not start listening on $port" >&2
+        exit 1
+    fi
 }
 
 stop_server() {

@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=perf/lib.sh
+source perf/lib.sh
 OUT=$ROOT/target/flamegraph
 SECS=8
 while [ $# -gt 0 ]; do
@@ -51,10 +53,7 @@ taskset -c 0 "$WSHUB" --listen "127.0.0.1:$PORT" --rate-limit 0 --client-publish
     --max-connections 20000 2>"$OUT/wshub.log" &
 SPID=$!
 trap 'kill $SPID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$PORT" || true
 
 echo "== load: ${LOAD[*]} (${SECS} s sampled)" >&2
 taskset -c 1 "$LOADGEN" "${LOAD[@]}" --url "ws://127.0.0.1:$PORT/ws" --pid "$SPID" \

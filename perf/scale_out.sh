@@ -21,6 +21,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=perf/lib.sh
+source perf/lib.sh
 
 QUICK=0
 RUNS=""
@@ -69,13 +71,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "scale_out.sh: nothing listens on $1 (see $OUT/*.log)" >&2
-    exit 1
+listening() {
+    if ! wait_port "$1"; then
+        echo "scale_out.sh: nothing listens on $1 (see $OUT/*.log)" >&2
+        exit 1
+    fi
 }
 
 # start_redis PORT: a throw-away redis-server (no persistence) pinned to core 0; sets LAST.
@@ -84,7 +84,7 @@ start_redis() {
         --loglevel warning >>"$OUT/redis.log" 2>&1 &
     LAST=$!
     PIDS+=("$LAST")
-    wait_port "$1"
+    listening "$1"
 }
 
 # start_node PORT [--redis URL ...]: a wshub node pinned to core 0; sets LAST.
@@ -95,7 +95,7 @@ start_node() {
         --max-connections 20000 "$@" 2>>"$OUT/wshub.log" &
     LAST=$!
     PIDS+=("$LAST")
-    wait_port "$port"
+    listening "$port"
 }
 
 # setup CONFIG: starts the servers of one configuration; sets A, B (node URLs) and WATCH.

@@ -11,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=perf/lib.sh
+source perf/lib.sh
 SERVERS="wshub,bun,tungstenite"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -48,7 +50,7 @@ for s in "${LIST[@]}"; do
         *) echo "unknown server $s" >&2; exit 2 ;;
     esac
     SPID=$!
-    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+    wait_port "$PORT" || true
     # The loadgen measures 3 s starting 1 s in; strace covers 2.7 s of them.
     taskset -c 1 "$LOADGEN" "${LOAD[@]}" --url "ws://127.0.0.1:$PORT/ws" --warmup 1 --duration 3 \
         --json > "$OUT/$s.json" &
