@@ -209,6 +209,20 @@ struct ModelClient {
     subs: BTreeSet<&'static str>,
 }
 
+impl ModelClient {
+    /// The "dropped N messages" notice of `len` bytes was queued: it reports and resets the
+    /// drops counted so far.
+    fn queue_notice(&mut self, len: usize) {
+        self.data.push(Item::Notice {
+            count: self.pending_drops,
+            len,
+        });
+        self.bytes += len;
+        self.frames += 1;
+        self.pending_drops = 0;
+    }
+}
+
 /// The hub's counters this check can predict.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Counters {
@@ -500,13 +514,7 @@ impl Model {
                     lens.contains(&n) && fits_with(n),
                     "notice of {n} bytes (possible: {lens:?})"
                 );
-                c.data.push(Item::Notice {
-                    count: c.pending_drops,
-                    len: n,
-                });
-                c.bytes += n;
-                c.frames += 1;
-                c.pending_drops = 0;
+                c.queue_notice(n);
             }
             queued
         } else {
@@ -555,13 +563,7 @@ impl Model {
                             lens.contains(&n) && fits(n),
                             "notice of {n} bytes (possible: {lens:?})"
                         );
-                        c.data.push(Item::Notice {
-                            count: c.pending_drops,
-                            len: n,
-                        });
-                        c.bytes += n;
-                        c.frames += 1;
-                        c.pending_drops = 0;
+                        c.queue_notice(n);
                     }
                 }
                 out.append(&mut c.data);
