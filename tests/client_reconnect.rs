@@ -8,17 +8,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use wshub::client::{
     Backoff, ClientConfig, ClientError, Event, Events, NotConnected, ReconnectingClient, State,
 };
-use wshub::server::{Server, ServerConfig};
-use wshub::{DisconnectReason, Hub, Json, Message, ShutdownReport};
+use wshub::{DisconnectReason, Hub, Json, Message};
 
-use support::{eventually, TestServer, WAIT};
+use support::{eventually, FixedServer, TestServer, WAIT};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -86,34 +83,6 @@ async fn closed_port() -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     addr
-}
-
-/// A server bound to a fixed address (to restart on the same one), with its stop switch.
-struct FixedServer {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<ShutdownReport>>,
-}
-
-impl FixedServer {
-    async fn start(hub: Hub, addr: SocketAddr) -> FixedServer {
-        let server = Server::bind(hub, ServerConfig::default().listen(addr))
-            .await
-            .expect("bind the same address again");
-        let (stop, rx) = oneshot::channel();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        FixedServer { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        timeout(WAIT, self.task)
-            .await
-            .expect("server stops in time")
-            .expect("server task")
-            .expect("server run");
-    }
 }
 
 #[tokio::test]

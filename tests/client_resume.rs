@@ -6,19 +6,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use wshub::client::{ClientConfig, ClientError, Event, Events, ReconnectingClient};
-use wshub::server::{Server, ServerConfig};
-use wshub::{ChannelPattern, Hub, HubConfig, Json, Message, ShutdownReport};
+use wshub::{ChannelPattern, Hub, HubConfig, Json, Message};
 
-use support::{TestServer, WAIT};
+use support::{FixedServer, TestServer, WAIT};
 
 /// Channels matching `feed:*` keep the last `size` publications.
 fn config(size: usize) -> HubConfig {
@@ -393,34 +389,6 @@ async fn a_cut_longer_than_the_window_is_not_recovered_and_the_new_position_is_a
     }
     close(client, events).await;
     server.stop().await;
-}
-
-/// A server bound to a fixed address (to restart on the same one), with its stop switch.
-struct FixedServer {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<ShutdownReport>>,
-}
-
-impl FixedServer {
-    async fn start(hub: Hub, addr: SocketAddr) -> FixedServer {
-        let server = Server::bind(hub, ServerConfig::default().listen(addr))
-            .await
-            .expect("bind the same address again");
-        let (stop, rx) = oneshot::channel();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        FixedServer { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        timeout(WAIT, self.task)
-            .await
-            .expect("server stops in time")
-            .expect("server task")
-            .expect("server run");
-    }
 }
 
 #[tokio::test]

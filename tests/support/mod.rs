@@ -670,3 +670,31 @@ pub fn subscriptions(client: &wshub::Client) -> Vec<String> {
         .map(|c| c.as_str().to_owned())
         .collect()
 }
+
+/// A server bound to a fixed address (to restart on the same one), with its stop switch.
+pub struct FixedServer {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<ShutdownReport>>,
+}
+
+impl FixedServer {
+    pub async fn start(hub: Hub, addr: SocketAddr) -> FixedServer {
+        let server = Server::bind(hub, ServerConfig::default().listen(addr))
+            .await
+            .expect("bind the same address again");
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        FixedServer { stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task")
+            .expect("server run");
+    }
+}
