@@ -1419,6 +1419,13 @@ pub(crate) struct Slot {
     hub: Hub,
 }
 
+impl Slot {
+    /// The hub the slot belongs to.
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.hub.inner.open.fetch_sub(1, Ordering::AcqRel);

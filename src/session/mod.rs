@@ -115,22 +115,36 @@ impl fmt::Display for DisconnectReason {
     }
 }
 
-/// Serves one upgraded connection until it ends. Registers the client first and unregisters it
-/// (firing the disconnect hook) however the session ends, panics and cancellation included.
-pub(crate) async fn serve<S>(hub: Hub, io: S, identity: Option<Arc<str>>)
+/// Serves one upgraded connection until it ends. Registers the client at once (firing the
+/// connect hook) and unregisters it (firing the disconnect hook) however the session ends,
+/// panics and cancellation included: dropping the future unregisters the client.
+///
+/// The future is written by hand rather than as an `async fn`: an `async fn` keeps its
+/// arguments beside the session they are moved into, and every connection's task would carry
+/// those bytes for its whole life.
+pub(crate) fn serve<S>(hub: Hub, io: S, identity: Option<Arc<str>>) -> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let client = hub.register(identity);
-    // From here the session owns the registration: dropping it (cancellation, panic)
-    // unregisters the client too.
-    let mut session = Session::new(hub, client, io);
-    let reason = std::future::poll_fn(|cx| session.poll_session(cx)).await;
-    session.unregister(&reason);
-    std::future::poll_fn(|cx| session.poll_shutdown(cx)).await;
+    Session::new(hub, client, io)
 }
 
-struct Session<S> {
+/// Runs the session, then (once the client is unregistered) shuts the socket down.
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Session<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if !this.unregistered {
+            let reason = std::task::ready!(this.poll_session(cx));
+            this.unregister(&reason);
+        }
+        this.poll_shutdown(cx)
+    }
+}
+
+pub(crate) struct Session<S> {
     io: S,
     hub: Hub,
     client: Arc<ClientShared>,
@@ -217,7 +231,7 @@ enum Held {
 
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
-        // Cancelled or panicked before `serve` unregistered the client.
+        // Cancelled or panicked before the session unregistered the client.
         if !self.unregistered {
             self.unregistered = true;
             self.hub
