@@ -5,6 +5,7 @@
 # repeated and the medians and ratios are printed. 127.0.0.1 only; every step is bounded.
 #
 # Usage: perf/compare.sh [--quick] [--runs N] [--servers wshub,bun,tungstenite] [--out DIR]
+#   servers: wshub, bun, tungstenite, and wshub-delay (wshub with --write-delay, see below)
 #   --quick     1 run per test, 2 s windows, no slow/hot tests (< 3 min)
 #   full        5 runs (3 for idle, slow, hot), 4 s windows (< 15 min, plus waits for quiet)
 # Environment:
@@ -14,7 +15,8 @@
 #                      (default 120; runs on a busy machine are flagged and left out of medians)
 #   QUIET_BUDGET       longest total wait for quiet over the whole comparison (default 600)
 #   WSHUB_REV          the revision to print for WSHUB_BIN (default: git describe of this tree)
-#   PORT               base port (default 18480; three consecutive ports are used)
+#   WRITE_DELAY_MS     --write-delay of the wshub-delay server (default 1)
+#   PORT               base port (default 18480; four consecutive ports are used)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -72,7 +74,11 @@ cleanup() {
 trap cleanup EXIT
 
 port_of() {
-    case "$1" in wshub) echo "$PORT" ;; bun) echo $((PORT + 1)) ;; tungstenite) echo $((PORT + 2)) ;; esac
+    case "$1" in
+        wshub) echo "$PORT" ;; bun) echo $((PORT + 1)) ;; tungstenite) echo $((PORT + 2)) ;;
+        wshub-delay) echo $((PORT + 3)) ;;
+        *) echo "compare.sh: unknown server $1" >&2; exit 2 ;;
+    esac
 }
 
 start_server() {
@@ -81,6 +87,9 @@ start_server() {
     case "$name" in
         wshub) taskset -c 0 "$WSHUB_BIN" --listen "127.0.0.1:$port" --rate-limit 0 \
                    --client-publish '*' --max-connections 20000 2>>"$OUT/$name.log" & ;;
+        wshub-delay) taskset -c 0 "$WSHUB_BIN" --listen "127.0.0.1:$port" --rate-limit 0 \
+                   --client-publish '*' --max-connections 20000 \
+                   --write-delay "${WRITE_DELAY_MS:-1}" 2>>"$OUT/$name.log" & ;;
         bun) taskset -c 0 "$BUN" "$ROOT/perf/peers/bun/server.js" "$port" 2>>"$OUT/$name.log" & ;;
         tungstenite) taskset -c 0 "$TUNG_BIN" "127.0.0.1:$port" 2>>"$OUT/$name.log" & ;;
     esac
@@ -162,8 +171,12 @@ for i in $(seq "$RUNS_SMALL"); do
 done
 echo "== done in $((SECONDS - START)) s; raw results in $OUT" >&2
 
+EXTRA_META=()
+if [[ ",$SERVERS," == *",wshub-delay,"* ]]; then
+    EXTRA_META=(--meta "wshub-delay=wshub --write-delay ${WRITE_DELAY_MS:-1}")
+fi
 python3 "$ROOT/perf/summarize.py" "$OUT" --servers "$SERVERS" \
     --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
-    --meta "command=perf/compare.sh $([ "$QUICK" = 1 ] && echo --quick) (runs=$RUNS)" \
+    --meta "command=perf/compare.sh $([ "$QUICK" = 1 ] && echo --quick) --servers $SERVERS (runs=$RUNS)" \
     --meta "wshub=${WSHUB_REV:-$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)}" \
-    --meta "fixed=$FIXED" | tee "$OUT/summary.md"
+    --meta "fixed=$FIXED" "${EXTRA_META[@]}" | tee "$OUT/summary.md"

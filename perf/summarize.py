@@ -133,8 +133,10 @@ def main():
         k, _, v = m.partition("=")
         print(f"- {k}: {v}")
     print()
-    others = [s for s in servers if s != "wshub"]
-    head = ["test / metric (median)"] + servers + [f"wshub/{s}" for s in others if "wshub" in servers]
+    # wshub and its variants (such as wshub-delay), each compared with every peer.
+    ours = [s for s in servers if s.startswith("wshub")]
+    pairs = [(o, p) for o in ours for p in servers if not p.startswith("wshub")]
+    head = ["test / metric (median)"] + servers + [f"{o}/{p}" for o, p in pairs]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for test, label, kind, get, _ in ROWS:
@@ -149,10 +151,9 @@ def main():
         )
         cells = [f"{label} (n={n})" if not label.startswith("  ") else label.strip()]
         cells += [fmt(vals[s], kind) for s in servers]
-        if "wshub" in servers:
-            for s in others:
-                a, b = vals.get("wshub"), vals.get(s)
-                cells.append(fmt(a / b, "x") if a is not None and b else "–")
+        for o, p in pairs:
+            a, b = vals.get(o), vals.get(p)
+            cells.append(fmt(a / b, "x") if a is not None and b else "–")
         print("| " + " | ".join(cells) + " |")
     # Derived figures.
     print()

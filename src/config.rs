@@ -140,6 +140,16 @@ pub struct HubConfig {
     /// A client whose socket accepts no bytes for this long while data is waiting is
     /// disconnected. The default value is 10 s (as go-ws).
     pub write_timeout: Duration,
+    /// How long a connection waits, once a frame is queued for it while nothing else is being
+    /// written, before it writes: what is queued meanwhile goes out in the same `writev`.
+    /// Fewer, bigger writes cost the server much less CPU per message at a steady load, at the
+    /// price of this much extra latency (Centrifugo's `client.write_delay` does the same).
+    /// A connection whose queue reaches half of either queue bound, or that is being closed,
+    /// writes at once. tokio's timer ticks in milliseconds, so a delay under 1 ms acts as
+    /// 1 ms, and every delay may run up to 1 ms longer. Must be less than `write_timeout`.
+    /// The default value is zero: a connection waits only for the other tasks that are
+    /// ready at that moment (one scheduler round), which adds no measurable latency.
+    pub write_delay: Duration,
     /// After the server sends a close frame, how long it waits for the client's close frame
     /// before dropping the connection. The default value is 5 s.
     pub close_timeout: Duration,
@@ -219,6 +229,7 @@ impl Default for HubConfig {
             pong_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            write_delay: Duration::ZERO,
             max_message_size: 64 * 1024,
             max_queued_bytes: 1024 * 1024,
             max_queued_frames: 16 * 1024,
@@ -263,6 +274,8 @@ impl HubConfig {
         write_timeout: Duration;
         /// Sets [`close_timeout`](Self::close_timeout) (default 5 s).
         close_timeout: Duration;
+        /// Sets [`write_delay`](Self::write_delay) (default zero: one scheduler round).
+        write_delay: Duration;
         /// Sets [`max_message_size`](Self::max_message_size) (default 64 KiB).
         max_message_size: usize;
         /// Sets [`max_queued_bytes`](Self::max_queued_bytes) (default 1 MiB).
@@ -297,7 +310,7 @@ impl HubConfig {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first offending field: zero durations or sizes,
-    /// `pong_timeout <= heartbeat_interval`, a queue bound smaller than one control frame
+    /// `pong_timeout <= heartbeat_interval`, `write_delay >= write_timeout`, a queue bound smaller than one control frame
     /// (256 bytes), or a channel name limit of 0.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
@@ -318,6 +331,15 @@ impl HubConfig {
                 format!(
                     "must be greater than heartbeat_interval ({:?} <= {:?})",
                     self.pong_timeout, self.heartbeat_interval
+                ),
+            ));
+        }
+        if self.write_delay >= self.write_timeout {
+            return Err(ConfigError::new(
+                "write_delay",
+                format!(
+                    "must be less than write_timeout ({:?} >= {:?})",
+                    self.write_delay, self.write_timeout
                 ),
             ));
         }

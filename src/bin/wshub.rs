@@ -30,6 +30,8 @@ USAGE: wshub [OPTIONS]
   --heartbeat SECS            ping interval [default: 30]
   --pong-timeout SECS         disconnect a client silent for this long [default: 60]
   --write-timeout SECS        disconnect a client whose socket takes nothing for this long [default: 10]
+  --write-delay MS            hold each connection's writes back this long so that one
+                              writev carries more frames: less CPU, more latency [default: 0]
   --max-message-size BYTES    largest inbound message [default: 65536]
   --max-queued-bytes BYTES    per-client outbound queue bound [default: 1048576]
   --max-queued-frames N       per-client outbound queue bound in frames [default: 16384]
@@ -224,6 +226,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
             "--heartbeat" => hub.heartbeat_interval = secs(&flag, &value()?)?,
             "--pong-timeout" => hub.pong_timeout = secs(&flag, &value()?)?,
             "--write-timeout" => hub.write_timeout = secs(&flag, &value()?)?,
+            "--write-delay" => hub.write_delay = millis(&flag, &value()?)?,
             "--max-message-size" => hub.max_message_size = number(&flag, &value()?)?,
             "--max-queued-bytes" => hub.max_queued_bytes = number(&flag, &value()?)?,
             "--max-queued-frames" => hub.max_queued_frames = number(&flag, &value()?)?,
@@ -283,13 +286,18 @@ fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
 }
 
 fn secs(flag: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = v
+    duration(flag, v, "seconds", 1.0)
+}
+
+fn millis(flag: &str, v: &str) -> Result<Duration, String> {
+    duration(flag, v, "milliseconds", 1e-3)
+}
+
+/// A non-negative number of `unit`s, each `scale` seconds.
+fn duration(flag: &str, v: &str, unit: &str, scale: f64) -> Result<Duration, String> {
+    let n: f64 = v
         .parse()
-        .map_err(|_| format!("{flag} {v}: expected seconds"))?;
-    if !s.is_finite() || s < 0.0 {
-        return Err(format!(
-            "{flag} {v}: expected a non-negative number of seconds"
-        ));
-    }
-    Ok(Duration::from_secs_f64(s))
+        .map_err(|_| format!("{flag} {v}: expected {unit}"))?;
+    Duration::try_from_secs_f64(n * scale)
+        .map_err(|_| format!("{flag} {v}: expected a non-negative number of {unit}"))
 }

@@ -778,8 +778,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             if let Some(pause) = &mut self.coalesce {
                 // Not again in the poll that started it: a second poll of a yield completes
-                // at once (and `drive` loops while there is progress).
-                if self.coalesce_started || pause.as_mut().poll(cx).is_pending() {
+                // at once (and `drive` loops while there is progress). A held-back write
+                // (`write_delay`) also ends early when the outbox asks for it.
+                if self.coalesce_started
+                    || pause.as_mut().poll(cx).is_pending()
+                        && (self.hub.config().write_delay.is_zero()
+                            || self.client.outbox.delaying())
+                {
                     return Ok(progress);
                 }
                 self.coalesce = None;
@@ -811,9 +816,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     // ready (the other sessions of a chat room reading their publishes) adds
                     // its frames first, and one `writev` carries them all: each socket is
                     // written at most once per round, as uWebSockets drains once per loop.
+                    // With a `write_delay`, wait that long instead (unless the outbox says the
+                    // write is due now).
                     self.bursting = true;
                     let mut pause: Pin<Box<dyn Future<Output = ()> + Send>> =
-                        Box::pin(tokio::task::yield_now());
+                        if self.hub.config().write_delay.is_zero() {
+                            Box::pin(tokio::task::yield_now())
+                        } else if self.client.outbox.delay(cx.waker()) {
+                            Box::pin(tokio::time::sleep(self.hub.config().write_delay))
+                        } else {
+                            continue;
+                        };
                     if pause.as_mut().poll(cx).is_pending() {
                         self.coalesce = Some(pause);
                         self.coalesce_started = true;

@@ -77,7 +77,10 @@ struct State {
     /// Frames counted the same way as `bytes`.
     frames: usize,
     /// Messages dropped (policy `Drop`) since the last "dropped N messages" notice.
-    pending_drops: u64,
+    pending_drops: u32,
+    /// The writer is holding back its next write ([`Outbox::delay`]): pushes do not wake
+    /// it until the queue is half full.
+    delaying: bool,
     /// Messages dropped over the client's lifetime.
     dropped_total: u64,
     phase: Phase,
@@ -102,6 +105,7 @@ impl Outbox {
                 bytes: 0,
                 frames: 0,
                 pending_drops: 0,
+                delaying: false,
                 dropped_total: 0,
                 phase: Phase::Open,
                 waker: None,
@@ -119,6 +123,38 @@ impl Outbox {
 
     fn fits(&self, st: &State, len: usize, frames: usize) -> bool {
         st.bytes + len <= self.max_bytes && st.frames + frames <= self.max_frames
+    }
+
+    fn half_full(&self, st: &State) -> bool {
+        st.bytes * 2 >= self.max_bytes || st.frames * 2 >= self.max_frames
+    }
+
+    /// Wakes the writer for a new frame, unless it is holding back its write and the queue is
+    /// still less than half full.
+    fn wake_writer(&self, st: MutexGuard<'_, State>) {
+        if !st.delaying || self.half_full(&st) {
+            wake(st);
+        }
+    }
+
+    /// The writer holds back its next write (see
+    /// [`HubConfig::write_delay`](crate::HubConfig::write_delay)) and registers `waker`, to be
+    /// woken only when the queue reaches half of a bound or a close or abort is requested.
+    /// `false` (and nothing registered) when the writer should write at once instead.
+    pub(crate) fn delay(&self, waker: &Waker) -> bool {
+        let mut st = self.lock();
+        if !matches!(st.phase, Phase::Open) || self.half_full(&st) {
+            return false;
+        }
+        st.delaying = true;
+        register(&mut st.waker, waker);
+        true
+    }
+
+    /// Whether the writer should still hold back: [`Outbox::delay`] was called and nothing
+    /// since has asked for a write.
+    pub(crate) fn delaying(&self) -> bool {
+        self.lock().delaying
     }
 
     /// Queues a data frame; never blocks, never waits for the client.
@@ -146,14 +182,14 @@ impl Outbox {
         st.bytes += frame.len();
         st.frames += 1;
         st.data.push_back(frame);
-        wake(st);
+        self.wake_writer(st);
         Enqueue::Queued
     }
 
     fn overflow(&self, mut st: MutexGuard<'_, State>) -> Enqueue {
         match self.policy {
             SlowConsumerPolicy::Drop => {
-                st.pending_drops += 1;
+                st.pending_drops = st.pending_drops.saturating_add(1);
                 st.dropped_total += 1;
                 Enqueue::Dropped
             }
@@ -190,7 +226,7 @@ impl Outbox {
         st.bytes += frame.len();
         st.frames += 1;
         st.control.push_back(frame);
-        wake(st);
+        self.wake_writer(st);
     }
 
     /// Asks the writer to send `close` and end the connection. With `abandon`, queued data is
@@ -248,6 +284,10 @@ impl Outbox {
         urgent_only: bool,
     ) -> Take {
         let mut st = self.lock();
+        if std::mem::take(&mut st.delaying) {
+            // Registered by `delay`; the writer is running now.
+            st.waker = None;
+        }
         if urgent_only {
             register(&mut st.waker, waker);
             if let Phase::Closing(req) = &st.phase {
@@ -400,8 +440,9 @@ fn abandon_data(st: &mut State) {
     st.data = VecDeque::new();
 }
 
-/// Wakes the session (if it is waiting) after releasing the lock.
+/// Wakes the session (if it is waiting) after releasing the lock; a held-back write is due.
 fn wake(mut st: MutexGuard<'_, State>) {
+    st.delaying = false;
     let waker = st.waker.take();
     drop(st);
     if let Some(w) = waker {
@@ -409,7 +450,7 @@ fn wake(mut st: MutexGuard<'_, State>) {
     }
 }
 
-fn drop_notice(n: u64) -> Bytes {
+fn drop_notice(n: u32) -> Bytes {
     Message::error(&format!("dropped {n} messages")).encode_frame(None, SystemTime::now())
 }
 
@@ -434,6 +475,62 @@ mod tests {
 
     fn frame(n: usize) -> Bytes {
         Bytes::from(vec![0x81; n])
+    }
+
+    #[test]
+    fn a_delayed_writer_is_woken_only_at_half_a_bound_or_by_a_close() {
+        let ob = Outbox::new(1000, 8, SlowConsumerPolicy::Disconnect);
+        let (flag, w) = waker();
+        let mut out = VecDeque::new();
+        let wakes = || flag.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(ob.delay(&w));
+        assert_eq!(ob.push_data(frame(100)), Enqueue::Queued);
+        ob.push_control(frame::ping_frame(b""));
+        assert_eq!(wakes(), 0, "below half of both bounds");
+        assert!(ob.delaying());
+        assert_eq!(ob.push_data(frame(400)), Enqueue::Queued);
+        assert_eq!(wakes(), 1, "500 of 1000 bytes");
+        assert!(!ob.delaying());
+        assert!(!ob.delay(&w), "still half full: write at once");
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        assert_eq!(out.len(), 3);
+        ob.written(600, 3);
+        out.clear();
+
+        // Half of the frame bound.
+        assert!(ob.delay(&w));
+        for _ in 0..3 {
+            assert_eq!(ob.push_data(frame(1)), Enqueue::Queued);
+        }
+        assert_eq!(wakes(), 1);
+        assert_eq!(ob.push_data(frame(1)), Enqueue::Queued);
+        assert_eq!(wakes(), 2, "4 of 8 frames");
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        ob.written(4, 4);
+        out.clear();
+
+        // The timer ended the delay: `take` forgets the waker, so a push made while the
+        // writer runs wakes nobody.
+        assert!(ob.delay(&w));
+        assert_eq!(ob.push_data(frame(1)), Enqueue::Queued);
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        assert!(!ob.delaying());
+        assert_eq!(ob.push_data(frame(1)), Enqueue::Queued);
+        assert_eq!(wakes(), 2);
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        ob.written(2, 2);
+        out.clear();
+
+        // A close ends the delay at once.
+        assert!(ob.delay(&w));
+        ob.request_close(
+            frame::close_frame(1000, ""),
+            false,
+            DisconnectReason::Shutdown,
+        );
+        assert_eq!(wakes(), 3);
+        assert!(!ob.delaying());
+        assert!(!ob.delay(&w), "closing: write at once");
     }
 
     #[test]
