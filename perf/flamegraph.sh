@@ -10,6 +10,7 @@
 # Usage: perf/flamegraph.sh [--out DIR] [--seconds N] [-- LOADGEN ARGS...]
 #   default load: chat --clients 32 --rate max
 #   e.g. perf/flamegraph.sh -- fanout --clients 256 --rate 7812
+# Environment: WSHUB_ARGS  more wshub flags, e.g. WSHUB_ARGS="--write-delay 1"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --seconds) SECS=$2; shift ;;
         --) shift; break ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "flamegraph.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -50,7 +51,7 @@ LOADGEN=$TARGET_DIR/release/loadgen
 
 ulimit -n 20000 2>/dev/null || true
 taskset -c 0 "$WSHUB" --listen "127.0.0.1:$PORT" --rate-limit 0 --client-publish '*' \
-    --max-connections 20000 2>"$OUT/wshub.log" &
+    --max-connections 20000 ${WSHUB_ARGS:-} 2>"$OUT/wshub.log" &
 SPID=$!
 trap 'kill $SPID 2>/dev/null || true' EXIT
 wait_port "$PORT" || true
