@@ -171,7 +171,7 @@ def main():
         n = len(docs)
         calm = sum(1 for d in docs if quiet(d))
         used = pick(docs)
-        sat = sum(1 for d in used for p in d["phases"] if p["loadgen"]["saturated"])
+        sat = sum(1 for d in used if any(p["loadgen"]["saturated"] for p in d["phases"]))
         skipped = sum(1 for d in used if any(p["loss"]["skipped"] for p in d["phases"]))
         lost = sum(1 for d in used if any(p["loss"]["lost"] for p in d["phases"]))
         errors = sum(1 for d in used if any(p["errors"] for p in d["phases"]))
