@@ -269,9 +269,9 @@ async fn a_batched_frame_yields_one_message_per_line() {
     assert_eq!(next_message(&mut events).await, r#"{"a":1}"#);
     assert_eq!(next_message(&mut events).await, r#"{"b":2}"#);
     // Empty lines and a trailing newline yield nothing.
-    peer.send_text("x\n\ny\n").await;
-    assert_eq!(next_message(&mut events).await, "x");
-    assert_eq!(next_message(&mut events).await, "y");
+    peer.send_text("\"x\"\n\n\"y\"\n").await;
+    assert_eq!(next_message(&mut events).await, "\"x\"");
+    assert_eq!(next_message(&mut events).await, "\"y\"");
     // Binary messages are delivered whole.
     peer.send(&encode(OpCode::Binary, b"a\nb")).await;
     match next_event(&mut events).await {
@@ -291,8 +291,21 @@ async fn line_splitting_can_be_turned_off() {
     let (client, mut events) = start(fast().split_lines(false), &server.url("/"));
     let mut peer = server.accept_ws().await;
     expect_connected(&mut events).await;
-    peer.send_text("a\nb").await;
-    assert_eq!(next_message(&mut events).await, "a\nb");
+    // Each line is still checked to be JSON, but the message is delivered whole.
+    peer.send_text("{\"a\":1}\n{\"b\":2}").await;
+    assert_eq!(next_message(&mut events).await, "{\"a\":1}\n{\"b\":2}");
+    client.close();
+}
+
+#[tokio::test]
+async fn text_that_is_not_json_is_delivered_when_json_is_not_required() {
+    let server = RawServer::bind().await;
+    let (client, mut events) = start(fast().require_json(false), &server.url("/"));
+    let mut peer = server.accept_ws().await;
+    expect_connected(&mut events).await;
+    peer.send_text("{not json\nplain").await;
+    assert_eq!(next_message(&mut events).await, "{not json");
+    assert_eq!(next_message(&mut events).await, "plain");
     client.close();
 }
 
@@ -443,11 +456,21 @@ async fn hostile_frames_are_errors_then_reconnect() {
         assert_eq!(peer.expect_close().await, Some(code), "case {i}");
     }
 
-    // Garbage JSON is still a message: the client does not interpret content.
+    // Garbage JSON (here in the second line of a batched frame): nothing of the frame is
+    // delivered; a clear error, close 1007, and a reconnect.
     let mut peer = server.accept_ws().await;
     expect_connected(&mut events).await;
-    peer.send_text("{not json").await;
-    assert_eq!(next_message(&mut events).await, "{not json");
+    peer.send_text("{\"ok\":1}\n{not json").await;
+    match expect_disconnected(&mut events).await {
+        ClientError::InvalidJson(e) => assert!(e.contains("line 1 column 2"), "{e}"),
+        other => panic!("expected invalid JSON, got {other:?}"),
+    }
+    assert_eq!(peer.expect_close().await, Some(close_code::INVALID_PAYLOAD));
+    let mut peer = server.accept_ws().await;
+    match next_event(&mut events).await {
+        Event::Reconnected { attempt } => assert_eq!(attempt, 1),
+        other => panic!("expected a reconnect, got {other:?}"),
+    }
     // A close frame from the server: the client answers with the same code.
     peer.send(&encode(OpCode::Close, &close_payload(4000, "bye")))
         .await;
@@ -474,8 +497,8 @@ async fn hostile_frames_are_errors_then_reconnect() {
         Event::Reconnected { attempt } => assert_eq!(attempt, 1),
         other => panic!("{other:?}"),
     }
-    peer.send_text("fine").await;
-    assert_eq!(next_message(&mut events).await, "fine");
+    peer.send_text(r#"{"fine":true}"#).await;
+    assert_eq!(next_message(&mut events).await, r#"{"fine":true}"#);
     client.close();
 }
 

@@ -87,6 +87,14 @@ pub struct ClientConfig {
     /// go-ws batches several JSON messages into one frame this way. Turn it off for servers
     /// whose messages may contain raw newlines. The default value is `true`.
     pub split_lines: bool,
+    /// Every text message must be JSON (each line a JSON value, whatever
+    /// [`split_lines`](Self::split_lines) says), as wshub and go-ws always send. Anything else
+    /// means a broken or hostile server: none of that message is delivered; the client closes
+    /// with 1007 (invalid payload data), reports
+    /// [`ClientError::InvalidJson`](super::ClientError::InvalidJson) and reconnects.
+    /// Turn it off to receive any text (non-JSON servers). Binary messages are never checked.
+    /// The default value is `true`.
+    pub require_json: bool,
     /// Events buffered for the [`Events`] stream. When the buffer is full the connection
     /// stops reading until the application catches up (the server then sees a slow consumer).
     /// The default value is 1024.
@@ -117,6 +125,7 @@ impl Default for ClientConfig {
             close_timeout: Duration::from_secs(5),
             max_message_size: 16 << 20,
             split_lines: true,
+            require_json: true,
             event_capacity: 1024,
             send_queue_capacity: 256,
             tls: None,
@@ -141,6 +150,7 @@ impl fmt::Debug for ClientConfig {
             .field("close_timeout", &self.close_timeout)
             .field("max_message_size", &self.max_message_size)
             .field("split_lines", &self.split_lines)
+            .field("require_json", &self.require_json)
             .field("event_capacity", &self.event_capacity)
             .field("send_queue_capacity", &self.send_queue_capacity)
             .field("tls", &self.tls.as_ref().map(|_| "custom"))
@@ -187,6 +197,8 @@ impl ClientConfig {
         max_message_size: usize;
         /// Sets [`split_lines`](Self::split_lines) (default `true`).
         split_lines: bool;
+        /// Sets [`require_json`](Self::require_json) (default `true`).
+        require_json: bool;
         /// Sets [`event_capacity`](Self::event_capacity) (default 1024).
         event_capacity: usize;
         /// Sets [`send_queue_capacity`](Self::send_queue_capacity) (default 256).

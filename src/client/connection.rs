@@ -359,6 +359,20 @@ impl Conn<'_> {
     async fn on_frame(&mut self, frame: Frame, out_tx: &mpsc::Sender<Bytes>) -> Flow {
         match frame {
             Frame::Text(payload) => {
+                // (While closing, messages are dropped unread: no second close frame.)
+                if self.config.require_json && self.closing.is_none() {
+                    if let Err(e) = check_json_lines(&payload) {
+                        // As for a protocol error: say why, then drop the connection.
+                        self.rbuf.clear();
+                        self.push_close(close_code::INVALID_PAYLOAD, "invalid JSON");
+                        self.closing = Some(Closing {
+                            reason: ClientError::InvalidJson(e.to_string()),
+                            wait_for_peer: false,
+                            deadline: Instant::now() + self.config.close_timeout,
+                        });
+                        return Flow::Continue;
+                    }
+                }
                 if !self.config.split_lines {
                     self.deliver(ReceivedMessage::new_text(payload), out_tx)
                         .await;
@@ -717,6 +731,14 @@ fn positioned(text: &str) -> Option<Positioned<'_>> {
             offset,
         }
     })
+}
+
+/// Checks that every non-empty line of a text message is one JSON value.
+fn check_json_lines(payload: &[u8]) -> Result<(), serde_json::Error> {
+    for line in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(line)?;
+    }
+    Ok(())
 }
 
 /// Whether a message is the server's `{"type":"pong",...}` reply.

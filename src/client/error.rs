@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::frame::ProtocolError;
+use crate::frame::{close_code, ProtocolError};
 
 /// Why a dial failed, why a connection ended, or why the client stopped.
 ///
@@ -49,6 +49,10 @@ pub enum ClientError {
     /// [`ClientConfig::max_message_size`](super::ClientConfig::max_message_size): code 1009).
     /// The client sent a close frame with [`ProtocolError::code`] and dropped the connection.
     Protocol(ProtocolError),
+    /// The server sent a text message (or a line of one) that is not JSON, under
+    /// [`ClientConfig::require_json`](super::ClientConfig::require_json). The client sent
+    /// close code 1007 and dropped the connection. Carries the JSON parser's error.
+    InvalidJson(String),
     /// Nothing arrived from the server for
     /// [`ClientConfig::keepalive_timeout`](super::ClientConfig::keepalive_timeout) (the value
     /// is carried), although the client kept pinging: the server or the path to it is dead.
@@ -114,6 +118,7 @@ impl ClientError {
         match self {
             ClientError::ServerClosed { code, .. } => *code,
             ClientError::Protocol(e) => Some(e.code()),
+            ClientError::InvalidJson(_) => Some(close_code::INVALID_PAYLOAD),
             _ => None,
         }
     }
@@ -145,6 +150,9 @@ impl fmt::Display for ClientError {
                 f.write_str("closed by the server without a status code")
             }
             ClientError::Protocol(e) => e.fmt(f),
+            ClientError::InvalidJson(e) => {
+                write!(f, "the server sent a text message that is not JSON: {e}")
+            }
             ClientError::KeepaliveTimeout(d) => {
                 write!(f, "keepalive timeout: nothing received for {d:?}")
             }
