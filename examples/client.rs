@@ -63,13 +63,9 @@ async fn main() -> ExitCode {
                     );
                     continue;
                 };
-                // wshub and go-ws send one compact JSON object per message; anything else
-                // is printed as a JSON string so that every stdout line is JSON.
-                let line = if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
-                    std::borrow::Cow::Borrowed(text)
-                } else {
-                    std::borrow::Cow::Owned(serde_json::Value::from(text).to_string())
-                };
+                // Every text message is JSON: the client's `require_json` (on by default)
+                // refuses anything else.
+                let line = text;
                 if writeln!(stdout, "{line}")
                     .and_then(|()| stdout.flush())
                     .is_err()

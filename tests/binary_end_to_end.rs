@@ -1,0 +1,219 @@
+//! The `wshub` binary and `examples/client` as an operator runs them: two nodes on two ports
+//! over one `redis-server`, a channel with history, the example client on one node and the
+//! HTTP API on the other, and the client's node restarted while publishing goes on.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::redis_server::RedisServer;
+use support::*;
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Starts `wshub` on `addr` with `args` and waits until it accepts connections.
+fn wshub(addr: SocketAddr, args: &[&str]) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wshub");
+    let proc = Proc(child);
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "wshub did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proc
+}
+
+/// `examples/client`, built (or found up to date) next to the `wshub` binary of this run.
+fn example_client() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let profile_dir = Path::new(env!("CARGO_BIN_EXE_wshub"))
+            .parent()
+            .expect("the binary's directory");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .args(["build", "--quiet", "--example", "client", "--target-dir"])
+            .arg(target_dir);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo");
+        assert!(status.success(), "cargo build --example client failed");
+        profile_dir
+            .join("examples")
+            .join(format!("client{}", std::env::consts::EXE_SUFFIX))
+    })
+}
+
+/// The example client's stdout, line by line, read on a thread.
+struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    fn new(stdout: ChildStdout) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    fn next(&self, within: Duration) -> serde_json::Value {
+        let line = self
+            .0
+            .recv_timeout(within)
+            .expect("a line from the client in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+    }
+
+    fn expect_silence(&self, d: Duration) {
+        if let Ok(line) = self.0.recv_timeout(d) {
+            panic!("unexpected line: {line}");
+        }
+    }
+}
+
+async fn publish(node: SocketAddr, channel: &str, n: u64) {
+    let body = format!(r#"{{"channel":"{channel}","data":{n}}}"#);
+    let (status, reply) = http(node, "POST", "/api/publish", &[JSON], body.as_bytes()).await;
+    assert_eq!(status, 200, "publish {n} on {node}: {reply}");
+}
+
+#[tokio::test]
+async fn the_example_client_on_one_node_resumes_across_its_restart_without_losing_a_message() {
+    let client_bin = example_client();
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--redis", &url, "--history", "feed:*"];
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut a = Some(wshub(a_addr, &args));
+    let _b = wshub(b_addr, &args);
+
+    let mut client = Command::new(client_bin)
+        .arg(format!("ws://{a_addr}/ws"))
+        .arg("feed:x")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the example client");
+    let lines = Lines::new(client.stdout.take().expect("stdout"));
+    let _client = Proc(client);
+
+    // The client subscribes on node A; what is published on node B reaches it, each message
+    // one JSON line with its position.
+    let mut expected = 1;
+    let mut last_offset = 0;
+    let deadline = Instant::now() + WAIT;
+    // Node A subscribes in Redis once the client has joined the channel.
+    while !redis.channels().await.iter().any(|c| c.ends_with("feed:x")) {
+        assert!(
+            Instant::now() < deadline,
+            "node A never subscribed feed:x in Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut check = |v: serde_json::Value, expected: &mut u64| {
+        assert_eq!(v["type"], "event", "{v}");
+        assert_eq!(v["channel"], "feed:x", "{v}");
+        assert_eq!(v["data"], *expected, "{v}");
+        let offset = v["offset"].as_u64().expect("an offset");
+        assert!(offset > last_offset, "{v}");
+        last_offset = offset;
+        *expected += 1;
+    };
+    for n in 1..=5 {
+        publish(b_addr, "feed:x", n).await;
+    }
+    for _ in 1..=5 {
+        check(lines.next(WAIT), &mut expected);
+    }
+
+    // Node A goes away; publishing on B goes on; A comes back on the same address.
+    drop(a.take());
+    for n in 6..=10 {
+        publish(b_addr, "feed:x", n).await;
+    }
+    a = Some(wshub(a_addr, &args));
+    // The client resumes from its last position: 6 to 10 arrive in order, once each, and
+    // then what is published live.
+    for _ in 6..=10 {
+        check(lines.next(WAIT * 2), &mut expected);
+    }
+    publish(b_addr, "feed:x", 11).await;
+    check(lines.next(WAIT), &mut expected);
+    lines.expect_silence(Duration::from_millis(300));
+    drop(a);
+}
+
+#[test]
+fn bad_flags_and_an_unreachable_redis_are_clear_errors_with_an_exit_code() {
+    let port = free_addr().to_string();
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["--bogus"], 2, "unknown argument \"--bogus\""),
+        (
+            &["--write-delay", "-1"],
+            2,
+            "--write-delay -1: expected a non-negative number of milliseconds",
+        ),
+        (
+            &["--write-delay", "20000"],
+            2,
+            "write_delay: must be less than write_timeout",
+        ),
+        (
+            &["--heartbeat", "70"],
+            2,
+            "pong_timeout: must be greater than heartbeat_interval",
+        ),
+        (
+            &["--redis", "redis://127.0.0.1:1"],
+            1,
+            "Redis redis://127.0.0.1:1: cannot connect",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(["--listen", &port])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wshub");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
