@@ -155,6 +155,11 @@ async fn a_position_beyond_the_window_is_not_recovered() {
     let mut again = server.connect().await;
     let answer = subscribe_at(&mut again, "feed:w", Some((20, &epoch))).await;
     assert_eq!(answer["recovered"], true);
+    // The answer to a resume carries the offset it resumes from.
+    assert_eq!(
+        (answer["offset"].as_u64(), answer["epoch"].as_str()),
+        (Some(20), Some(epoch.as_str()))
+    );
     let offsets: Vec<u64> = {
         let mut v = Vec::new();
         for _ in 21..=26 {

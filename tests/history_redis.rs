@@ -195,6 +195,11 @@ async fn beyond_the_window_the_client_is_told_not_recovered() {
     let mut again = a.connect().await;
     let answer = subscribe_at(&mut again, "feed:w", Some((9, &epoch))).await;
     assert_eq!(answer["recovered"], true);
+    assert_eq!(
+        answer["offset"].as_u64(),
+        Some(9),
+        "the offset it resumes from"
+    );
     for i in 10..=12 {
         assert_eq!(recv_json(&mut again).await["offset"].as_u64(), Some(i));
     }

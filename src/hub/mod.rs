@@ -617,7 +617,8 @@ impl Hub {
     }
 
     /// Subscribes `client` to a channel with history and queues the answer
-    /// `{"type":"subscribed",...}` with the channel's position; with `since` (an offset and
+    /// `{"type":"subscribed",...}` with the channel's position (a successful resume: the
+    /// offset it resumes from); with `since` (an offset and
     /// its epoch) also every publication after it, when the history still holds all of them
     /// and they fit into the client's queue (`"recovered":true`), or none
     /// (`"recovered":false`: the client must resync). Never a partial recovery.
@@ -644,11 +645,17 @@ impl Hub {
         // the live ones.
         self.subscribe_shared(client, channel)?;
         let answer = since.map(|_| recovered.is_some());
+        // A resume is answered with the offset it resumes from (the next publication has the
+        // one after it); anything else with the channel's current offset.
+        let offset = match since {
+            Some((from, _)) if recovered.is_some() => from,
+            _ => position.offset,
+        };
         let _ = client.outbox.push_data(crate::message::subscribed_frame(
             channel,
             answer,
             &position.epoch,
-            position.offset,
+            offset,
         ));
         for frame in recovered.into_iter().flatten() {
             let _ = client.outbox.push_data(frame);
@@ -893,11 +900,13 @@ impl Hub {
             .collect();
         let recovered_ok = error.is_none() && client.outbox.has_room_for(&frames);
         let answer = since.as_ref().map(|_| recovered_ok && recovered.is_some());
+        // As in `subscribe_with_history`: a resume is answered with its own offset.
+        let offset = match (&since, answer) {
+            (Some((from, _)), Some(true)) => *from,
+            _ => stored.offset,
+        };
         let _ = client.outbox.push_data(crate::message::subscribed_frame(
-            &channel,
-            answer,
-            &epoch,
-            stored.offset,
+            &channel, answer, &epoch, offset,
         ));
         let mut last = stored.offset;
         if answer == Some(true) {
