@@ -323,6 +323,35 @@ async fn close_while_connected_ends_the_loop() {
 }
 
 #[tokio::test]
+async fn the_first_redial_after_a_drop_does_not_wait_for_the_backoff() {
+    let server = TestServer::start(Hub::new()).await;
+    // A backoff far longer than the test may take: only a failed dial may sleep it.
+    let config = fast()
+        .initial_backoff(Duration::from_secs(30))
+        .max_backoff(Duration::from_secs(30));
+    let (client, mut events) = start(config, &server.ws_url());
+    assert!(matches!(next_event(&mut events).await, Event::Connected));
+    eventually("the hub sees the client", || server.hub.client_count() == 1).await;
+    let dropped = Instant::now();
+    server.hub.clients()[0].close(4000, "go away").unwrap();
+    match next_event(&mut events).await {
+        Event::Disconnected(ClientError::ServerClosed { code, .. }) => assert_eq!(code, Some(4000)),
+        other => panic!("expected a server close, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Reconnected { attempt } => assert_eq!(attempt, 1),
+        other => panic!("expected a reconnect, got {other:?}"),
+    }
+    assert!(
+        dropped.elapsed() < Duration::from_secs(10),
+        "the redial waited {:?}",
+        dropped.elapsed()
+    );
+    client.close();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn send_when_down_is_not_connected() {
     let addr = closed_port().await;
     let config = ClientConfig::default()
