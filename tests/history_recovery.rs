@@ -279,3 +279,31 @@ async fn the_http_api_reads_a_channels_history() {
     assert_eq!(status, 400);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn missed_publications_that_would_not_fit_the_queue_are_not_recovered() {
+    // 8 publications of about 1 KiB against a 4 KiB queue: a replay would overflow it.
+    let config = config(100).max_queued_bytes(4096);
+    let server = TestServer::with_config(config).await;
+    let mut ws = server.connect().await;
+    let epoch = subscribe_at(&mut ws, "feed:big", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    close(ws).await;
+    let big = wshub::Message::new("event").with_data(wshub::Json::string(&"x".repeat(1000)));
+    for _ in 0..8 {
+        server.hub.publish("feed:big", &big).await.unwrap();
+    }
+    let mut ws = server.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:big", Some((0, &epoch))).await;
+    assert_eq!(
+        (answer["recovered"].as_bool(), answer["offset"].as_u64()),
+        (Some(false), Some(8)),
+        "{answer}"
+    );
+    // Nothing was replayed, and the client was not disconnected as a slow consumer.
+    sync(&mut ws).await;
+    close(ws).await;
+    server.stop().await;
+}

@@ -268,3 +268,54 @@ async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled_with_red
     subscriber_node.stop().await;
     publisher_node.stop().await;
 }
+
+#[tokio::test]
+async fn a_flushed_redis_changes_the_epoch_and_a_resume_is_not_recovered() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    for i in 1..=3 {
+        a.hub.publish("feed:f", &numbered(i)).await.unwrap();
+    }
+    let old = a.hub.history("feed:f", 0, 10).await.unwrap().epoch;
+    redis.query(&["FLUSHALL"]).await.unwrap();
+    a.hub.publish("feed:f", &numbered(4)).await.unwrap();
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:f", Some((3, &old))).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    let new = answer["epoch"].as_str().unwrap();
+    assert!(!new.is_empty() && new != old, "{answer}");
+    close(ws).await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn redis_history_older_than_the_ttl_is_gone() {
+    let redis = RedisServer::start().await;
+    let config = HubConfig::default()
+        .history(vec![ChannelPattern::new("feed:*").unwrap()])
+        .history_ttl(Duration::from_secs(1));
+    let hub = Hub::builder()
+        .config(config)
+        .redis(RedisConfig::new([redis.url()]))
+        .connect()
+        .await
+        .expect("connect to Redis");
+    let a = TestServer::start(hub).await;
+    for i in 1..=3 {
+        a.hub.publish("feed:t", &numbered(i)).await.unwrap();
+    }
+    let epoch = a.hub.history("feed:t", 0, 10).await.unwrap().epoch;
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:t", Some((1, &epoch))).await;
+    assert_eq!(answer["recovered"], true, "within the TTL: {answer}");
+    for i in 2..=3 {
+        assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(i));
+    }
+    close(ws).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:t", Some((1, &epoch))).await;
+    assert_eq!(answer["recovered"], false, "after the TTL: {answer}");
+    close(ws).await;
+    a.stop().await;
+}
