@@ -151,6 +151,53 @@ async fn a_broadcast_reaches_clients_on_all_three_nodes() {
             r#"{"type":"event","data":{"data":"v2","event":"deploy"},"timestamp":"TS"}"#
         );
     }
+    // Once each, the origin's own client included (its node delivers locally and drops the
+    // copy Redis sends back).
+    for ws in &mut clients {
+        expect_silence(ws, Duration::from_millis(300)).await;
+    }
+    for ws in clients {
+        close(ws).await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn publishers_on_two_nodes_each_keep_their_order_for_subscribers_on_three() {
+    const EACH: u64 = 200;
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let nodes = [node(&urls).await, node(&urls).await, node(&urls).await];
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut ws = n.connect().await;
+        subscribe(&mut ws, "mixed").await;
+        clients.push(ws);
+    }
+    // Node 0 and node 1 publish at the same time, each its own numbered sequence.
+    let publish = |hub: Hub, who: &'static str| async move {
+        for i in 1..=EACH {
+            let m =
+                Message::new("event").with_data(Json::parse(format!(r#"["{who}",{i}]"#)).unwrap());
+            hub.publish("mixed", &m).await.unwrap();
+        }
+    };
+    tokio::join!(
+        publish(nodes[0].hub.clone(), "a"),
+        publish(nodes[1].hub.clone(), "b")
+    );
+    for (n, ws) in clients.iter_mut().enumerate() {
+        let mut next = [1, 1];
+        for _ in 0..2 * EACH {
+            let v: serde_json::Value = serde_json::from_str(&recv(ws).await).unwrap();
+            let who = usize::from(v["data"][0] == "b");
+            assert_eq!(v["data"][1].as_u64(), Some(next[who]), "node {n}: {v}");
+            next[who] += 1;
+        }
+        expect_silence(ws, Duration::from_millis(300)).await;
+    }
     for ws in clients {
         close(ws).await;
     }
