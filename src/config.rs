@@ -451,6 +451,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = HubConfig::default();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.pong_timeout, Duration::from_secs(60));
+        assert_eq!(c.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.close_timeout, Duration::from_secs(5));
+        assert_eq!(c.write_delay, Duration::ZERO);
+        assert_eq!(c.max_message_size, 64 * 1024);
+        assert_eq!(c.max_queued_bytes, 1024 * 1024);
+        assert_eq!(c.max_queued_frames, 16_384);
+        assert_eq!(c.slow_consumer, SlowConsumerPolicy::Disconnect);
+        assert_eq!(c.max_subscriptions, 1024);
+        assert_eq!(c.max_channel_name_len, 256);
+        assert!(c.client_publish.is_empty());
+        assert!(!c.raw_messages);
+        assert_eq!(c.max_connections, 65_536);
+        let rate = c.rate_limit.expect("a rate limit by default");
+        assert_eq!((rate.per_second, rate.burst), (100, 200));
+        assert!(c.allowed_origins.is_empty());
+        assert!(c.history.is_empty());
+        assert_eq!(c.history_size, 1000);
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn origin_patterns() {
         let cfg = HubConfig::default().allowed_origins(vec![
             "https://app.example.com".into(),

@@ -1449,3 +1449,40 @@ impl fmt::Debug for Hub {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::task::Waker;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_recipient_gets_the_same_bytes_not_a_copy() {
+        let hub = Hub::new();
+        let clients: Vec<_> = (0..3).map(|_| hub.register(None)).collect();
+        for c in &clients {
+            hub.subscribe_shared(c, "news").unwrap();
+        }
+        let report = hub
+            .publish("news", &Message::new("event").with_data(Json::string("hi")))
+            .await
+            .unwrap();
+        assert_eq!(report.enqueued, 3);
+        let frames: Vec<Bytes> = clients
+            .iter()
+            .map(|c| {
+                let mut out = VecDeque::new();
+                c.outbox.take(&mut out, false, Waker::noop(), false);
+                assert_eq!(out.len(), 1);
+                out.pop_front().unwrap()
+            })
+            .collect();
+        // One encoding: the three handles point into the same buffer.
+        assert!(frames.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()));
+        assert!(frames.windows(2).all(|w| w[0] == w[1]));
+        for c in &clients {
+            hub.unregister(c, &DisconnectReason::ConnectionLost);
+        }
+    }
+}
