@@ -542,7 +542,18 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = ServerConfig::default();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(c.api_key, None);
+        assert_eq!(c.max_body_size, 1024 * 1024);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_header_size, 16 * 1024);
+    }
 
     #[test]
     fn constant_time_eq_is_equality() {
