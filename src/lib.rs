@@ -83,7 +83,7 @@ mod message;
 pub mod server;
 mod session;
 
-pub use broker::{BrokerCounters, RedisConfig};
+pub use broker::{BrokerCounters, ClusterStats, RedisConfig};
 pub use bytes::Bytes;
 #[cfg(feature = "client")]
 pub use client::{ClientBuilder, ClientConfig, ReconnectingClient};

@@ -6,7 +6,7 @@
 //! | `GET /ws` | WebSocket endpoint ([`Hub::upgrade`]) |
 //! | `POST /api/publish` | body `{"channel":C,"type"?:T,"data"?:D,"processId"?:P}`; `type` defaults to `event` |
 //! | `POST /api/broadcast` | body `{"type"?:T,"data"?:D}` |
-//! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}` |
+//! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}`, plus `"cluster":{"nodes":N,"channels":M}` with Redis |
 //! | `GET /api/history?channel=C&since=N&limit=L` | `{"channel":C,"epoch":E,"offset":N,"publications":[..]}` (channels with history) |
 //! | `GET /healthz` | `{"status":"ok"}`, or 503 while shutting down |
 //!
@@ -257,7 +257,7 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
             match (path.as_str(), method) {
                 ("/api/publish", Method::POST) => api_publish(req, hub, config, true).await,
                 ("/api/broadcast", Method::POST) => api_publish(req, hub, config, false).await,
-                ("/api/stats", Method::GET) => api_stats(hub),
+                ("/api/stats", Method::GET) => api_stats(hub).await,
                 ("/api/history", Method::GET) => api_history(&req, hub).await,
                 ("/api/stats" | "/api/history", _) => not_allowed("GET"),
                 _ => not_allowed("POST"),
@@ -486,7 +486,7 @@ async fn api_history(req: &Request<Incoming>, hub: &Hub) -> Response<Body> {
     json(StatusCode::OK, body)
 }
 
-fn api_stats(hub: &Hub) -> Response<Body> {
+async fn api_stats(hub: &Hub) -> Response<Body> {
     let subscribers: serde_json::Map<String, serde_json::Value> = hub
         .channel_subscriber_counts()
         .into_iter()
@@ -500,6 +500,11 @@ fn api_stats(hub: &Hub) -> Response<Body> {
         channels: stats.channels,
         subscribers,
         counters: hub.counters(),
+        cluster: match hub.cluster_stats().await {
+            Ok(None) => None,
+            Ok(Some(c)) => Some(serde_json::json!({"nodes": c.nodes, "channels": c.channels})),
+            Err(e) => Some(serde_json::json!({ "error": e.to_string() })),
+        },
     };
     json(
         StatusCode::OK,
@@ -514,6 +519,9 @@ struct StatsBody {
     channels: usize,
     subscribers: serde_json::Map<String, serde_json::Value>,
     counters: crate::hub::Counters,
+    /// With a broker only: counts over every node, or the broker's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<serde_json::Value>,
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {

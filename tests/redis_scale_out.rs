@@ -207,6 +207,58 @@ async fn publishers_on_two_nodes_each_keep_their_order_for_subscribers_on_three(
 }
 
 #[tokio::test]
+async fn cluster_stats_count_nodes_and_channels_over_every_node() {
+    let (r1, r2) = (RedisServer::start().await, RedisServer::start().await);
+    let urls = [r1.url(), r2.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut on_a = a.connect().await;
+    let mut on_b = b.connect().await;
+    for ch in ["shared", "a-only"] {
+        subscribe(&mut on_a, ch).await;
+    }
+    for ch in ["shared", "b-only", "b-too"] {
+        subscribe(&mut on_b, ch).await;
+    }
+    let stats = a.hub.cluster_stats().await.unwrap().expect("a broker");
+    assert_eq!((stats.nodes, stats.channels), (2, 4), "{stats:?}");
+    assert_eq!(a.hub.stats().channels, 2, "this node's own count");
+    // The HTTP API reports both.
+    let resp = http_full(b.addr, "GET", "/api/stats", &[], b"").await;
+    let v = resp.json();
+    assert_eq!(v["channels"], 3, "{v}");
+    assert_eq!(
+        v["cluster"],
+        serde_json::json!({"nodes": 2, "channels": 4}),
+        "{v}"
+    );
+    // A node that goes away leaves the count.
+    close(on_b).await;
+    b.stop().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = a.hub.cluster_stats().await.unwrap().unwrap();
+        if (s.nodes, s.channels) == (1, 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node b still counted: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Without a broker there are no cluster counts.
+    let single = TestServer::start(Hub::new()).await;
+    assert_eq!(single.hub.cluster_stats().await.unwrap(), None);
+    let v = http_full(single.addr, "GET", "/api/stats", &[], b"")
+        .await
+        .json();
+    assert!(v.get("cluster").is_none(), "{v}");
+    close(on_a).await;
+    a.stop().await;
+    single.stop().await;
+}
+
+#[tokio::test]
 async fn redis_subscriptions_follow_local_interest() {
     let redis = RedisServer::start().await;
     let a = node(&[redis.url()]).await;

@@ -96,6 +96,18 @@ pub(crate) trait Broker: Send + Sync {
         limit: usize,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<StoredHistory, String>>;
+    /// Counts over every node connected to the broker.
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, String>>;
+}
+
+/// Counts over every node that shares the broker ([`Hub::cluster_stats`](crate::Hub::cluster_stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Nodes connected to the broker (subscribed to its broadcast channel).
+    pub nodes: usize,
+    /// Channels with at least one subscriber on some node.
+    pub channels: usize,
 }
 
 /// Broker counters (all zero without a broker).

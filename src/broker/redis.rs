@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Broker, BrokerCounters, Deliver, RedisConfig, Ring, StoredHistory};
+use super::{
+    BoxFuture, Broker, BrokerCounters, ClusterStats, Deliver, RedisConfig, Ring, StoredHistory,
+};
 
 /// Appends a publication to a channel's history and publishes it, atomically, so offsets
 /// are assigned and delivered in the same order on every node.
@@ -294,6 +296,35 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, String>> {
+        Box::pin(async move {
+            // Every node subscribes to the broadcast channel (on the first shard), and a node
+            // subscribes to a channel while it has local subscribers: Redis's own pub/sub
+            // bookkeeping holds both counts.
+            let failed = |e: redis::RedisError| format!("Redis: {e}");
+            let mut conn = self.shards[0].publisher.clone();
+            let (_, nodes): (String, usize) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(format!("{}b", self.prefix))
+                .query_async(&mut conn)
+                .await
+                .map_err(failed)?;
+            let pattern = format!("{}c:*", glob_escape(&self.prefix));
+            let mut channels = 0;
+            for shard in &self.shards {
+                let mut conn = shard.publisher.clone();
+                let names: Vec<redis::Value> = redis::cmd("PUBSUB")
+                    .arg("CHANNELS")
+                    .arg(&pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(failed)?;
+                channels += names.len();
+            }
+            Ok(ClusterStats { nodes, channels })
+        })
+    }
+
     fn timeout(&self) -> Duration {
         self.timeout
     }
@@ -441,6 +472,18 @@ impl Subscriber {
         }
         (self.deliver)(channel, own, rest);
     }
+}
+
+/// `text` with Redis glob characters escaped, to match it literally in a pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn ttl_ms(ttl: Duration) -> u64 {

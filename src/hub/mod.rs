@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 #[cfg(feature = "redis")]
 use crate::broker::RedisConfig;
-use crate::broker::{Broker, BrokerCounters};
+use crate::broker::{Broker, BrokerCounters, ClusterStats};
 use crate::config::HubConfig;
 use crate::error::{ChannelNameError, ConfigError, PublishError, SubscribeError};
 use crate::frame::{self, close_code};
@@ -1183,6 +1183,23 @@ impl Hub {
         Stats {
             clients: self.client_count(),
             channels: self.channel_count(),
+        }
+    }
+
+    /// Counts over every node that shares this hub's broker: the nodes connected to it and
+    /// the channels with a subscriber on any node. `Ok(None)` without a broker (a single
+    /// node: [`Hub::stats`] is the whole picture). Clients are counted per node only.
+    ///
+    /// # Errors
+    /// [`Error::Broker`](crate::Error::Broker) when the broker cannot be asked.
+    pub async fn cluster_stats(&self) -> Result<Option<ClusterStats>, crate::Error> {
+        match self.inner.broker.get() {
+            None => Ok(None),
+            Some(broker) => broker
+                .cluster()
+                .await
+                .map(Some)
+                .map_err(crate::Error::Broker),
         }
     }
 
