@@ -9,11 +9,12 @@
 //! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}`, plus `"cluster":{"nodes":N,"channels":M}` with Redis |
 //! | `GET /api/history?channel=C&since=N&limit=L` | `{"channel":C,"epoch":E,"offset":N,"publications":[..]}` (channels with history) |
 //! | `GET /healthz` | `{"status":"ok"}`, or 503 while shutting down |
+//! | `GET /metrics` | the stats and counters in the Prometheus text format (`wshub_clients`, `wshub_delivered_total`, ...) |
 //!
 //! Publish and broadcast answer 200 with the [`PublishReport`](crate::PublishReport) as JSON.
 //! Errors are `{"error":"<reason>"}`: 400 bad body, 401 missing or wrong API key, 404, 405,
 //! 413 body larger than [`ServerConfig::max_body_size`], 503 shutting down. With an API key
-//! configured, `/api/*` requires `Authorization: Bearer <key>`.
+//! configured, `/api/*` and `/metrics` require `Authorization: Bearer <key>`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,7 +47,7 @@ use crate::message::{Json, Message};
 pub struct ServerConfig {
     /// Address to listen on. The default value is `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// When set, `/api/*` requires `Authorization: Bearer <key>`. The default value is `None`.
+    /// When set, `/api/*` and `/metrics` require `Authorization: Bearer <key>`. The default value is `None`.
     pub api_key: Option<String>,
     /// Largest accepted HTTP API request body in bytes; larger ones get 413. The default value
     /// is 1 MiB.
@@ -250,6 +251,10 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
                 json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
             }
         }
+        ("/metrics", Method::GET) => match authorize(&req, config) {
+            Some(refused) => refused,
+            None => metrics(hub),
+        },
         ("/api/publish" | "/api/broadcast" | "/api/stats" | "/api/history", method) => {
             if let Some(resp) = authorize(&req, config) {
                 return resp;
@@ -263,7 +268,7 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
                 _ => not_allowed("POST"),
             }
         }
-        ("/ws" | "/healthz", _) => not_allowed("GET"),
+        ("/ws" | "/healthz" | "/metrics", _) => not_allowed("GET"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -510,6 +515,138 @@ async fn api_stats(hub: &Hub) -> Response<Body> {
         StatusCode::OK,
         serde_json::to_vec(&body).unwrap_or_default(),
     )
+}
+
+/// `GET /metrics`: the stats and counters in the Prometheus text format (version 0.0.4).
+fn metrics(hub: &Hub) -> Response<Body> {
+    use std::fmt::Write as _;
+    let stats = hub.stats();
+    let c = hub.counters();
+    let b = c.broker;
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let rows: [(&str, &str, &str, u64); 18] = [
+        (
+            "clients",
+            "gauge",
+            "Connected WebSocket clients.",
+            as_u64(stats.clients),
+        ),
+        (
+            "channels",
+            "gauge",
+            "Channels with at least one local subscriber.",
+            as_u64(stats.channels),
+        ),
+        (
+            "published_total",
+            "counter",
+            "Messages delivered to this node's subscribers (one per message).",
+            c.published,
+        ),
+        (
+            "delivered_total",
+            "counter",
+            "Messages queued for clients (one per recipient).",
+            c.delivered,
+        ),
+        (
+            "dropped_total",
+            "counter",
+            "Messages dropped for slow consumers (policy drop).",
+            c.dropped,
+        ),
+        (
+            "slow_consumer_disconnects_total",
+            "counter",
+            "Clients disconnected as slow consumers.",
+            c.slow_consumer_disconnects,
+        ),
+        (
+            "connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            c.connections,
+        ),
+        (
+            "disconnections_total",
+            "counter",
+            "WebSocket connections ended.",
+            c.disconnections,
+        ),
+        (
+            "protocol_errors_total",
+            "counter",
+            "Connections closed for a protocol violation.",
+            c.protocol_errors,
+        ),
+        (
+            "hook_panics_total",
+            "counter",
+            "Hook calls that panicked (contained).",
+            c.hook_panics,
+        ),
+        (
+            "socket_writes_total",
+            "counter",
+            "Vectored writes to client sockets.",
+            c.socket_writes,
+        ),
+        (
+            "frames_written_total",
+            "counter",
+            "Frames completed by those writes.",
+            c.frames_written,
+        ),
+        (
+            "broker_published_total",
+            "counter",
+            "Messages published to the broker.",
+            b.published,
+        ),
+        (
+            "broker_publish_errors_total",
+            "counter",
+            "Publishes the broker refused or that failed.",
+            b.publish_errors,
+        ),
+        (
+            "broker_received_total",
+            "counter",
+            "Messages received from other nodes.",
+            b.received,
+        ),
+        (
+            "broker_reconnects_total",
+            "counter",
+            "Broker subscriber reconnections.",
+            b.reconnects,
+        ),
+        (
+            "broker_connected_shards",
+            "gauge",
+            "Broker shards whose subscriber connection is up.",
+            as_u64(b.connected_shards),
+        ),
+        (
+            "broker_shards",
+            "gauge",
+            "Configured broker shards.",
+            as_u64(b.shards),
+        ),
+    ];
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP wshub_{name} {help}\n# TYPE wshub_{name} {kind}\nwshub_{name} {value}"
+        );
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 /// The `/api/stats` body, fields in wire order.

@@ -206,6 +206,7 @@ async fn api_key_guards_the_api_only() {
             ("POST", "/api/publish"),
             ("POST", "/api/broadcast"),
             ("GET", "/api/stats"),
+            ("GET", "/metrics"),
         ] {
             let resp = http_full(server.addr, method, path, headers, body).await;
             assert_eq!(resp.status, 401, "{method} {path} {headers:?}");
@@ -221,6 +222,8 @@ async fn api_key_guards_the_api_only() {
     assert!(recv(&mut ws).await.contains(r#""data":"x""#));
     let (status, _) = http(server.addr, "GET", "/api/stats", &auth, b"").await;
     assert_eq!(status, 200);
+    let (status, _) = http(server.addr, "GET", "/metrics", &auth, b"").await;
+    assert_eq!(status, 200);
     // The scheme name is case-insensitive (RFC 7235).
     let auth = [("Authorization", "bearer s3cret"), JSON];
     let (status, _) = http(server.addr, "POST", "/api/publish", &auth, body).await;
@@ -230,6 +233,53 @@ async fn api_key_guards_the_api_only() {
     let (status, _) = http(server.addr, "GET", "/healthz", &[], b"").await;
     assert_eq!(status, 200);
     drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_in_the_prometheus_text_format() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    subscribe(&mut a, "news").await;
+    subscribe(&mut b, "news").await;
+    let body = br#"{"channel":"news","data":1}"#;
+    let (status, _) = http(server.addr, "POST", "/api/publish", &[JSON], body).await;
+    assert_eq!(status, 200);
+    for ws in [&mut a, &mut b] {
+        recv(ws).await;
+    }
+    let resp = http_full(server.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    // Every sample has its HELP and TYPE lines; values are integers.
+    let mut samples = std::collections::BTreeMap::new();
+    let mut typed = std::collections::BTreeSet::new();
+    for line in resp.body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(kind == "gauge" || kind == "counter", "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            typed.insert(name.to_owned());
+        } else if !line.starts_with("# HELP ") {
+            let (name, value) = line.split_once(' ').unwrap();
+            assert!(typed.contains(name), "no TYPE before {line}");
+            samples.insert(name.to_owned(), value.parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(samples["wshub_clients"], 2);
+    assert_eq!(samples["wshub_channels"], 1);
+    assert_eq!(samples["wshub_published_total"], 1);
+    assert_eq!(samples["wshub_delivered_total"], 2);
+    assert_eq!(samples["wshub_connections_total"], 2);
+    assert_eq!(samples["wshub_broker_shards"], 0);
+    assert_eq!(samples.len(), 18);
+    let (status, _) = http(server.addr, "POST", "/metrics", &[], b"").await;
+    assert_eq!(status, 405);
+    drop((a, b));
     server.stop().await;
 }
 

@@ -68,7 +68,8 @@ Security:
   -h, --help                  print this help
   -V, --version               print the version
 
-Endpoints: GET /ws (WebSocket), POST /api/publish, POST /api/broadcast, GET /api/stats, GET /healthz.
+Endpoints: GET /ws (WebSocket), POST /api/publish, POST /api/broadcast, GET /api/stats,
+GET /api/history, GET /metrics (Prometheus), GET /healthz.
 ";
 
 fn main() -> ExitCode {
