@@ -611,6 +611,78 @@ mod tests {
     }
 
     #[test]
+    fn random_interleavings_with_delays_keep_exact_accounting_and_wake_when_due() {
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move |n: u64| {
+            // xorshift64: deterministic, so a failure replays.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for round in 0..300 {
+            let policy = if round % 2 == 0 {
+                SlowConsumerPolicy::Disconnect
+            } else {
+                SlowConsumerPolicy::Drop
+            };
+            let ob = Outbox::new(2000, 16, policy);
+            let (flag, w) = waker();
+            let wakes = || flag.0.load(std::sync::atomic::Ordering::SeqCst);
+            let mut out: VecDeque<Bytes> = VecDeque::new();
+            for step in 0..100 {
+                let before = wakes();
+                let was_delaying = ob.lock().delaying;
+                let op = next(7);
+                match op {
+                    0..=2 => {
+                        let _ = ob.push_data(frame(1 + next(400) as usize));
+                    }
+                    3 => ob.push_control(frame::ping_frame(b"")),
+                    4 => {
+                        let _ = ob.delay(&w);
+                    }
+                    5 => {
+                        // The writer takes and writes everything.
+                        let _ = ob.take(&mut out, false, &w, false);
+                        let bytes = out.iter().map(Bytes::len).sum();
+                        ob.written(bytes, out.len());
+                        out.clear();
+                    }
+                    _ => {
+                        if next(10) == 0 {
+                            ob.request_close(
+                                frame::close_frame(1000, ""),
+                                next(2) == 0,
+                                DisconnectReason::Shutdown,
+                            );
+                        }
+                    }
+                }
+                let st = ob.lock();
+                let ctx = format!("round {round} step {step}");
+                // The counts are exactly what is queued (the writer holds nothing here).
+                let queued: usize = st.data.iter().chain(&st.control).map(Bytes::len).sum();
+                assert_eq!(st.bytes, queued, "{ctx}");
+                assert_eq!(st.frames, st.data.len() + st.control.len(), "{ctx}");
+                // A writer holding back never sits on a half-full queue or a close.
+                if st.delaying {
+                    assert!(!ob.half_full(&st), "{ctx}");
+                    assert!(matches!(st.phase, Phase::Open), "{ctx}");
+                }
+                // A delay ends by the writer's own take, or with a wake-up.
+                if was_delaying && !st.delaying && op != 5 {
+                    assert_eq!(wakes(), before + 1, "{ctx}: the delay ended silently");
+                }
+                // A push below half of both bounds does not wake a writer holding back.
+                if was_delaying && st.delaying {
+                    assert_eq!(wakes(), before, "{ctx}: woken while holding back");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn graceful_close_follows_queued_data_and_wakes_the_writer() {
         let ob = Outbox::new(1000, 100, SlowConsumerPolicy::Disconnect);
         let (flag, w) = waker();
