@@ -507,7 +507,7 @@ async fn api_stats(hub: &Hub) -> Response<Body> {
         counters: hub.counters(),
         cluster: match hub.cluster_stats().await {
             Ok(None) => None,
-            Ok(Some(c)) => Some(serde_json::json!({"nodes": c.nodes, "channels": c.channels})),
+            Ok(Some(c)) => serde_json::to_value(c).ok(),
             Err(e) => Some(serde_json::json!({ "error": e.to_string() })),
         },
     };

@@ -644,18 +644,12 @@ impl Hub {
         // Joining under the log lock: no publication can fall between the recovered ones and
         // the live ones.
         self.subscribe_shared(client, channel)?;
-        let answer = since.map(|_| recovered.is_some());
-        // A resume is answered with the offset it resumes from (the next publication has the
-        // one after it); anything else with the channel's current offset.
-        let offset = match since {
-            Some((from, _)) if recovered.is_some() => from,
-            _ => position.offset,
-        };
+        let resume = since.map(|(from, _)| (from, recovered.is_some()));
         let _ = client.outbox.push_data(crate::message::subscribed_frame(
             channel,
-            answer,
+            resume,
             &position.epoch,
-            offset,
+            position.offset,
         ));
         for frame in recovered.into_iter().flatten() {
             let _ = client.outbox.push_data(frame);
@@ -899,17 +893,17 @@ impl Hub {
             })
             .collect();
         let recovered_ok = error.is_none() && client.outbox.has_room_for(&frames);
-        let answer = since.as_ref().map(|_| recovered_ok && recovered.is_some());
-        // As in `subscribe_with_history`: a resume is answered with its own offset.
-        let offset = match (&since, answer) {
-            (Some((from, _)), Some(true)) => *from,
-            _ => stored.offset,
-        };
+        let resume = since
+            .as_ref()
+            .map(|(from, _)| (*from, recovered_ok && recovered.is_some()));
         let _ = client.outbox.push_data(crate::message::subscribed_frame(
-            &channel, answer, &epoch, offset,
+            &channel,
+            resume,
+            &epoch,
+            stored.offset,
         ));
         let mut last = stored.offset;
-        if answer == Some(true) {
+        if resume.is_some_and(|(_, recovered)| recovered) {
             if let (Some((offset, _)), Some(entries)) = (&since, recovered) {
                 last = entries.last().map_or(*offset, |e| e.0);
             }

@@ -308,13 +308,21 @@ pub(crate) fn write_position<B: BufMut>(out: &mut B, offset: u64, epoch: &str) {
 }
 
 /// `{"type":"subscribed","channel":C[,"recovered":R],"epoch":E,"offset":N,"timestamp":T}`:
-/// the answer to a subscribe on a channel with history.
+/// the answer to a subscribe on a channel with history whose current offset is `current`.
+/// `resume` is the offset a resume asked for and whether it was recovered: a recovered resume
+/// is answered with that offset (the next publication has the one after it), anything else
+/// with `current`.
 pub(crate) fn subscribed_frame(
     channel: &str,
-    recovered: Option<bool>,
+    resume: Option<(u64, bool)>,
     epoch: &str,
-    offset: u64,
+    current: u64,
 ) -> Bytes {
+    let recovered = resume.map(|(_, r)| r);
+    let offset = match resume {
+        Some((from, true)) => from,
+        _ => current,
+    };
     frame::encode_with(OpCode::Text, 128 + channel.len() + epoch.len(), |out| {
         out.put_slice(b"{\"type\":\"subscribed\",\"channel\":");
         json::write_string(out, channel);

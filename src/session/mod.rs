@@ -819,14 +819,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     // With a `write_delay`, wait that long instead (unless the outbox says the
                     // write is due now).
                     self.bursting = true;
-                    let mut pause: Pin<Box<dyn Future<Output = ()> + Send>> =
-                        if self.hub.config().write_delay.is_zero() {
-                            Box::pin(tokio::task::yield_now())
-                        } else if self.client.outbox.delay(cx.waker()) {
-                            Box::pin(tokio::time::sleep(self.hub.config().write_delay))
-                        } else {
-                            continue;
-                        };
+                    let delay = self.hub.config().write_delay;
+                    let mut pause: Pin<Box<dyn Future<Output = ()> + Send>> = if delay.is_zero() {
+                        Box::pin(tokio::task::yield_now())
+                    } else if self.client.outbox.delay(cx.waker()) {
+                        Box::pin(tokio::time::sleep(delay))
+                    } else {
+                        continue;
+                    };
                     if pause.as_mut().poll(cx).is_pending() {
                         self.coalesce = Some(pause);
                         self.coalesce_started = true;
