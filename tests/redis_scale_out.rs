@@ -51,6 +51,35 @@ async fn numbers(ws: &mut Ws, n: usize) -> Vec<u64> {
     out
 }
 
+/// Three nodes over `urls`, each with one client, subscribed to `channel` when given (else
+/// only synced, so that it is registered).
+async fn three_nodes_one_client_each(
+    urls: &[String],
+    channel: Option<&str>,
+) -> ([TestServer; 3], Vec<Ws>) {
+    let nodes = [node(urls).await, node(urls).await, node(urls).await];
+    let mut clients = Vec::new();
+    for n in &nodes {
+        let mut ws = n.connect().await;
+        match channel {
+            Some(c) => subscribe(&mut ws, c).await,
+            None => sync(&mut ws).await,
+        }
+        clients.push(ws);
+    }
+    (nodes, clients)
+}
+
+/// Closes every client, then stops every node.
+async fn close_all(clients: Vec<Ws>, nodes: impl IntoIterator<Item = TestServer>) {
+    for ws in clients {
+        close(ws).await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
     let redis = RedisServer::start().await;
@@ -84,11 +113,7 @@ async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
         0,
         "a node ignores its own messages"
     );
-    for ws in [on_a, on_b] {
-        close(ws).await;
-    }
-    a.stop().await;
-    b.stop().await;
+    close_all(vec![on_a, on_b], [a, b]).await;
 }
 
 #[tokio::test]
@@ -132,14 +157,7 @@ async fn client_publish_and_http_publish_cross_nodes_too() {
 #[tokio::test]
 async fn a_broadcast_reaches_clients_on_all_three_nodes() {
     let redis = RedisServer::start().await;
-    let urls = [redis.url()];
-    let nodes = [node(&urls).await, node(&urls).await, node(&urls).await];
-    let mut clients = Vec::new();
-    for n in &nodes {
-        let mut ws = n.connect().await;
-        sync(&mut ws).await;
-        clients.push(ws);
-    }
+    let (nodes, mut clients) = three_nodes_one_client_each(&[redis.url()], None).await;
     nodes[1]
         .hub
         .send_event("deploy", &Json::string("v2"))
@@ -156,26 +174,14 @@ async fn a_broadcast_reaches_clients_on_all_three_nodes() {
     for ws in &mut clients {
         expect_silence(ws, Duration::from_millis(300)).await;
     }
-    for ws in clients {
-        close(ws).await;
-    }
-    for n in nodes {
-        n.stop().await;
-    }
+    close_all(clients, nodes).await;
 }
 
 #[tokio::test]
 async fn publishers_on_two_nodes_each_keep_their_order_for_subscribers_on_three() {
     const EACH: u64 = 200;
     let redis = RedisServer::start().await;
-    let urls = [redis.url()];
-    let nodes = [node(&urls).await, node(&urls).await, node(&urls).await];
-    let mut clients = Vec::new();
-    for n in &nodes {
-        let mut ws = n.connect().await;
-        subscribe(&mut ws, "mixed").await;
-        clients.push(ws);
-    }
+    let (nodes, mut clients) = three_nodes_one_client_each(&[redis.url()], Some("mixed")).await;
     // Node 0 and node 1 publish at the same time, each its own numbered sequence.
     let publish = |hub: Hub, who: &'static str| async move {
         for i in 1..=EACH {
@@ -198,12 +204,7 @@ async fn publishers_on_two_nodes_each_keep_their_order_for_subscribers_on_three(
         }
         expect_silence(ws, Duration::from_millis(300)).await;
     }
-    for ws in clients {
-        close(ws).await;
-    }
-    for n in nodes {
-        n.stop().await;
-    }
+    close_all(clients, nodes).await;
 }
 
 #[tokio::test]
@@ -407,11 +408,7 @@ async fn nodes_survive_a_redis_restart_and_outage_publishes_fail_loudly() {
         "cross-node delivery is back"
     );
     assert!(b.hub.counters().broker.publish_errors >= 1);
-    for ws in [on_a, on_b] {
-        close(ws).await;
-    }
-    a.stop().await;
-    b.stop().await;
+    close_all(vec![on_a, on_b], [a, b]).await;
 }
 
 #[tokio::test]
