@@ -186,6 +186,11 @@ def main():
             notes.append(f"{test}/{s}: messages missing after the drain in {lost} of {len(used)} runs")
         if errors:
             notes.append(f"{test}/{s}: error frames in {errors} of {len(used)} runs")
+    print_notes(notes)
+
+
+def print_notes(notes):
+    """Prints the notes under the table, one Markdown bullet each."""
     if notes:
         print()
         for n in notes:

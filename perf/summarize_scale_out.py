@@ -11,7 +11,7 @@ import glob
 import json
 import os
 
-from summarize import QUIET, fmt, med
+from summarize import QUIET, fmt, med, print_notes
 
 CONFIGS = [
     ("single", "1 node, no broker"),
@@ -115,10 +115,7 @@ def main():
                   f"| {us(med([cpu(d, 'a') for d in use]))} | {b} "
                   f"| {per_shard + (f' (sum {us(med([redis_total(d) for d in use]))})' if len(shards) > 1 else '') if shards else '–'} "
                   f"| {us(tot)} | {vs} |")
-    if notes:
-        print()
-        for n in notes:
-            print(f"- note: {n}")
+    print_notes(notes)
 
 
 if __name__ == "__main__":
