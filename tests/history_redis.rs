@@ -14,12 +14,20 @@ use support::redis_server::RedisServer;
 use support::*;
 use wshub::{ChannelPattern, Hub, HubConfig, RedisConfig};
 
-async fn node(redis: &RedisServer, size: usize) -> TestServer {
-    let config = HubConfig::default()
+/// `feed:*` keeps `size` publications; queues large enough for any replay here.
+fn config(size: usize) -> HubConfig {
+    HubConfig::default()
         .history(vec![ChannelPattern::new("feed:*").unwrap()])
         .history_size(size)
         .max_queued_frames(1 << 20)
-        .max_queued_bytes(64 << 20);
+        .max_queued_bytes(64 << 20)
+}
+
+async fn node(redis: &RedisServer, size: usize) -> TestServer {
+    node_with(redis, config(size)).await
+}
+
+async fn node_with(redis: &RedisServer, config: HubConfig) -> TestServer {
     let hub = Hub::builder()
         .config(config)
         .redis(RedisConfig::new([redis.url()]).timeout(Duration::from_secs(1)))
@@ -291,16 +299,7 @@ async fn a_flushed_redis_changes_the_epoch_and_a_resume_is_not_recovered() {
 #[tokio::test]
 async fn redis_history_older_than_the_ttl_is_gone() {
     let redis = RedisServer::start().await;
-    let config = HubConfig::default()
-        .history(vec![ChannelPattern::new("feed:*").unwrap()])
-        .history_ttl(Duration::from_secs(1));
-    let hub = Hub::builder()
-        .config(config)
-        .redis(RedisConfig::new([redis.url()]))
-        .connect()
-        .await
-        .expect("connect to Redis");
-    let a = TestServer::start(hub).await;
+    let a = node_with(&redis, config(1000).history_ttl(Duration::from_secs(1))).await;
     for i in 1..=3 {
         a.hub.publish("feed:t", &numbered(i)).await.unwrap();
     }
