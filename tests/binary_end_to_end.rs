@@ -27,12 +27,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
 /// Starts `wshub` on `addr` with `args` and waits until it accepts connections.
 fn wshub(addr: SocketAddr, args: &[&str]) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_wshub"))

@@ -438,11 +438,7 @@ async fn a_node_joining_late_gets_only_what_is_published_after_it_subscribed() {
 
 #[tokio::test]
 async fn an_unreachable_redis_at_start_is_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_addr().port();
     let config =
         RedisConfig::new([format!("redis://127.0.0.1:{port}")]).timeout(Duration::from_millis(300));
     let err = Hub::builder().redis(config).connect().await.unwrap_err();
