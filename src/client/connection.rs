@@ -321,6 +321,18 @@ impl Conn<'_> {
         self.or_closing(ClientError::io(e))
     }
 
+    /// Tells the server why with close `code`, then drops the connection with `error`:
+    /// nothing more it sends can be trusted, so nothing more is read.
+    fn fail(&mut self, code: u16, reason: &str, error: ClientError) {
+        self.rbuf.clear();
+        self.push_close(code, reason);
+        self.closing = Some(Closing {
+            reason: error,
+            wait_for_peer: false,
+            deadline: Instant::now() + self.config.close_timeout,
+        });
+    }
+
     /// Decodes and handles every complete frame in the read buffer.
     async fn process_input(&mut self, out_tx: &mpsc::Sender<Bytes>) -> Flow {
         loop {
@@ -331,15 +343,7 @@ impl Conn<'_> {
                     if let Some(closing) = self.closing.take() {
                         return Flow::End(closing.reason);
                     }
-                    // Tell the server why, then drop the connection: nothing more it sends
-                    // can be trusted.
-                    self.rbuf.clear();
-                    self.push_close(e.code(), e.reason());
-                    self.closing = Some(Closing {
-                        reason: ClientError::Protocol(e),
-                        wait_for_peer: false,
-                        deadline: Instant::now() + self.config.close_timeout,
-                    });
+                    self.fail(e.code(), e.reason(), ClientError::Protocol(e));
                     return Flow::Continue;
                 }
             };
@@ -362,14 +366,8 @@ impl Conn<'_> {
                 // (While closing, messages are dropped unread: no second close frame.)
                 if self.config.require_json && self.closing.is_none() {
                     if let Err(e) = check_json_lines(&payload) {
-                        // As for a protocol error: say why, then drop the connection.
-                        self.rbuf.clear();
-                        self.push_close(close_code::INVALID_PAYLOAD, "invalid JSON");
-                        self.closing = Some(Closing {
-                            reason: ClientError::InvalidJson(e.to_string()),
-                            wait_for_peer: false,
-                            deadline: Instant::now() + self.config.close_timeout,
-                        });
+                        let error = ClientError::InvalidJson(e.to_string());
+                        self.fail(close_code::INVALID_PAYLOAD, "invalid JSON", error);
                         return Flow::Continue;
                     }
                 }
