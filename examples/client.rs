@@ -65,8 +65,7 @@ async fn main() -> ExitCode {
                 };
                 // Every text message is JSON: the client's `require_json` (on by default)
                 // refuses anything else.
-                let line = text;
-                if writeln!(stdout, "{line}")
+                if writeln!(stdout, "{text}")
                     .and_then(|()| stdout.flush())
                     .is_err()
                 {
