@@ -6,12 +6,12 @@
 //! single timer. Reading and writing never wait for each other, and no task other than this one
 //! touches the socket, so concurrent writes are impossible by construction.
 
+mod gather;
 pub(crate) mod outbox;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,9 +29,6 @@ use crate::message::parse::{self, Request};
 use crate::message::{Json, Message};
 use outbox::Take;
 
-/// Frames gathered into one vectored write at most (Linux allows 1024 iovecs). At the
-/// maximum rate a chat room fills 64 every time, so the cap is well above that.
-const MAX_IOV: usize = 512;
 /// Rate-limit cost of a subscribe or unsubscribe, in messages.
 const SUBSCRIBE_COST: f64 = 1.0 / 16.0;
 /// Client publishes that may wait for the broker's acknowledgement at once, per connection.
@@ -835,12 +832,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 continue;
             }
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = self.inflight.len().min(MAX_IOV);
-            for (slot, f) in slices.iter_mut().zip(self.inflight.iter()) {
-                *slot = IoSlice::new(f);
-            }
-            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+            match gather::poll_write(&mut self.io, cx, &self.inflight) {
                 Poll::Pending => {
                     self.stalled_since.get_or_insert_with(Instant::now);
                     // While the socket is full, still honour an abort or an abandoning close
