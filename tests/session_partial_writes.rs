@@ -33,8 +33,9 @@ async fn frames_cut_by_partial_writes_arrive_whole_and_in_order() {
     })
     .await;
 
-    // Sizes that put frame boundaries everywhere, 7- and 16-bit lengths included.
-    let data: Vec<String> = (0..MESSAGES).map(|i| "x".repeat((i * 37) % 300)).collect();
+    // Sizes that put frame boundaries everywhere, 7- and 16-bit lengths included, and frames
+    // both under and over the size that the writer copies into one segment with its neighbours.
+    let data: Vec<String> = (0..MESSAGES).map(|i| "x".repeat((i * 97) % 1100)).collect();
     let publisher = tokio::spawn({
         let hub = hub.clone();
         let data = data.clone();

@@ -170,6 +170,47 @@ mod tests {
     }
 
     #[test]
+    fn random_queues_are_planned_as_an_exact_prefix_within_the_limits() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound) as usize
+        };
+        for _ in 0..200 {
+            let count = 1 + next(1500);
+            // Mostly small frames, some large, with the mix varying from queue to queue.
+            let large_percent = next(40) as u64;
+            let sizes: Vec<usize> = (0..count)
+                .map(|_| {
+                    if (next(100) as u64) < large_percent {
+                        SMALL_FRAME + 1 + next(3000)
+                    } else {
+                        1 + next(SMALL_FRAME as u64)
+                    }
+                })
+                .collect();
+            let f = frames(&sizes);
+            let (bytes, segments, copied) = planned(&f);
+            assert!((1..=MAX_IOV).contains(&segments));
+            assert!(copied <= SCRATCH_BYTES);
+            // The segments end on a frame boundary and cover at least one frame per segment.
+            let mut covered = 0;
+            let mut len = 0;
+            while len < bytes.len() {
+                len += f[covered].len();
+                covered += 1;
+            }
+            assert_eq!(len, bytes.len());
+            assert!(covered >= segments);
+            // Only the segment limit ends a plan early.
+            assert!(covered == count || segments >= MAX_IOV - 1);
+            assert_eq!(bytes, concat(&f, covered));
+        }
+    }
+
+    #[test]
     fn small_frames_become_one_segment_and_large_ones_stay_by_reference() {
         let f = frames(&[40, 50, 60, 4000, 70, 80, 5000]);
         let (bytes, segments, copied) = planned(&f);
