@@ -6,7 +6,7 @@
 //! | `GET /ws` | WebSocket endpoint ([`Hub::upgrade`]) |
 //! | `POST /api/publish` | body `{"channel":C,"type"?:T,"data"?:D,"processId"?:P}`; `type` defaults to `event` |
 //! | `POST /api/broadcast` | body `{"type"?:T,"data"?:D}` |
-//! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}`, plus `"cluster":{"nodes":N,"channels":M}` with Redis |
+//! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}`, plus `"cluster":{"nodes":N,"channels":M,"clients":C}` with Redis |
 //! | `GET /api/history?channel=C&since=N&limit=L` | `{"channel":C,"epoch":E,"offset":N,"publications":[..]}` (channels with history) |
 //! | `GET /healthz` | `{"status":"ok"}`, or 503 while shutting down |
 //! | `GET /metrics` | the stats and counters in the Prometheus text format (`wshub_clients`, `wshub_delivered_total`, ...) |

@@ -207,8 +207,40 @@ async fn publishers_on_two_nodes_each_keep_their_order_for_subscribers_on_three(
     close_all(clients, nodes).await;
 }
 
+/// A node that died without shutting down stops being counted once its record expires, and
+/// the expired record is removed from Redis.
 #[tokio::test]
-async fn cluster_stats_count_nodes_and_channels_over_every_node() {
+async fn a_dead_nodes_clients_leave_the_cluster_count_when_its_record_expires() {
+    let redis = RedisServer::start().await;
+    let a = node(&[redis.url()]).await;
+    let on_a = a.connect().await;
+    // A record as a node that died 5.5 s after its last report would have left (it lives
+    // 6 s): 7 clients, expiring in half a second by Redis's clock.
+    let redis::Value::Array(time) = redis.query(&["TIME"]).await.unwrap() else {
+        panic!("TIME reply");
+    };
+    let secs: u64 = redis::from_redis_value(time[0].clone()).unwrap();
+    let micros: u64 = redis::from_redis_value(time[1].clone()).unwrap();
+    let expires = (secs * 1000 + micros / 1000 + 500).to_string();
+    redis
+        .query(&["ZADD", "wshub:nodes", &expires, "dead"])
+        .await
+        .unwrap();
+    redis
+        .query(&["HSET", "wshub:clients", "dead", "7"])
+        .await
+        .unwrap();
+    assert_eq!(a.hub.cluster_stats().await.unwrap().unwrap().clients, 8);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(a.hub.cluster_stats().await.unwrap().unwrap().clients, 1);
+    let left = redis.query(&["HEXISTS", "wshub:clients", "dead"]).await;
+    assert_eq!(left.unwrap(), redis::Value::Int(0));
+    close(on_a).await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_stats_count_nodes_channels_and_clients_over_every_node() {
     let (r1, r2) = (RedisServer::start().await, RedisServer::start().await);
     let urls = [r1.url(), r2.url()];
     let (a, b) = (node(&urls).await, node(&urls).await);
@@ -220,8 +252,20 @@ async fn cluster_stats_count_nodes_and_channels_over_every_node() {
     for ch in ["shared", "b-only", "b-too"] {
         subscribe(&mut on_b, ch).await;
     }
-    let stats = a.hub.cluster_stats().await.unwrap().expect("a broker");
-    assert_eq!((stats.nodes, stats.channels), (2, 4), "{stats:?}");
+    // Each node reports a change of its client count within a quarter of a second.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let stats = loop {
+        let stats = a.hub.cluster_stats().await.unwrap().expect("a broker");
+        if stats.clients == 2 || tokio::time::Instant::now() >= deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (stats.nodes, stats.channels, stats.clients),
+        (2, 4, 2),
+        "{stats:?}"
+    );
     assert_eq!(a.hub.stats().channels, 2, "this node's own count");
     // The HTTP API reports both.
     let resp = http_full(b.addr, "GET", "/api/stats", &[], b"").await;
@@ -229,16 +273,32 @@ async fn cluster_stats_count_nodes_and_channels_over_every_node() {
     assert_eq!(v["channels"], 3, "{v}");
     assert_eq!(
         v["cluster"],
-        serde_json::json!({"nodes": 2, "channels": 4}),
+        serde_json::json!({"nodes": 2, "channels": 4, "clients": 2}),
         "{v}"
     );
-    // A node that goes away leaves the count.
-    close(on_b).await;
-    b.stop().await;
+    // More clients on b: b's own share is exact at once, and a sees them after b's report.
+    let more_on_b = [b.connect().await, b.connect().await];
+    eventually("b counts its new clients", || b.hub.client_count() == 3).await;
+    assert_eq!(b.hub.cluster_stats().await.unwrap().unwrap().clients, 4);
     let deadline = tokio::time::Instant::now() + WAIT;
+    while a.hub.cluster_stats().await.unwrap().unwrap().clients != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's new clients not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A node that goes away (shuts down) leaves the counts at once.
+    close(on_b).await;
+    for ws in more_on_b {
+        close(ws).await;
+    }
+    b.stop().await;
+    // Sooner than the 6 s that the record of a node that died without shutting down lives.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
         let s = a.hub.cluster_stats().await.unwrap().unwrap();
-        if (s.nodes, s.channels) == (1, 2) {
+        if (s.nodes, s.channels, s.clients) == (1, 2, 1) {
             break;
         }
         assert!(

@@ -18,6 +18,9 @@
 //!   and shares it with all its subscribers.
 //! - **Sharding.** With several Redis URLs, channels are spread over them by consistent hashing
 //!   (the same on every node); broadcasts use the first.
+//! - **Cluster counts.** Nodes and channels come from Redis's pub/sub bookkeeping; each node
+//!   also keeps a short-lived record of its client count on the first shard, written when the
+//!   count changes (checked every 250 ms) and at least every 2 s, removed at shutdown.
 //! - **Outages.** Redis unreachable at start is an error. If Redis is lost while running, local
 //!   delivery continues; a publish still reaches this node's subscribers and returns
 //!   [`PublishError::Broker`](crate::PublishError::Broker) (with the local report), so nothing
@@ -39,6 +42,11 @@ use serde::Serialize;
 
 #[cfg(feature = "redis")]
 use crate::error::ConfigError;
+
+/// This node's client count for the cluster counts; `None` once the hub is gone or shutting
+/// down.
+#[cfg(feature = "redis")]
+pub(crate) type ClientCount = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
 
 /// Delivers a message that arrived through the broker to this node's subscribers:
 /// `(channel or None for a broadcast, whether this node published it, payload)`. The payload
@@ -96,8 +104,11 @@ pub(crate) trait Broker: Send + Sync {
         limit: usize,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<StoredHistory, String>>;
-    /// Counts over every node connected to the broker.
-    fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, String>>;
+    /// Counts over every node connected to the broker; `local_clients` is this node's
+    /// client count (reported first, so this node's share is exact).
+    fn cluster(&self, local_clients: usize) -> BoxFuture<'_, Result<ClusterStats, String>>;
+    /// This node leaves the cluster counts (at shutdown).
+    fn leave(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Counts over every node that shares the broker ([`Hub::cluster_stats`](crate::Hub::cluster_stats)).
@@ -108,6 +119,11 @@ pub struct ClusterStats {
     pub nodes: usize,
     /// Channels with at least one subscriber on some node.
     pub channels: usize,
+    /// Clients connected to any node. Each node reports its count to Redis within a quarter
+    /// of a second of a change (and at least every 2 seconds), so another node's share may be
+    /// that old; this node's share is exact. A node that shuts down leaves the count at once;
+    /// one that dies is counted for up to 6 seconds more.
+    pub clients: usize,
 }
 
 /// Broker counters (all zero without a broker).

@@ -13,7 +13,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Broker, BrokerCounters, ClusterStats, Deliver, RedisConfig, Ring, StoredHistory,
+    BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver, RedisConfig, Ring,
+    StoredHistory,
 };
 
 /// Appends a publication to a channel's history and publishes it, atomically, so offsets
@@ -69,6 +70,38 @@ end
 return {epoch, offset, out}
 "#;
 
+/// Records this node's client count: KEYS: node set (scored by expiry), count hash. ARGV:
+/// node id, clients, how long the record lives in ms.
+const REPORT_NODE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+"#;
+
+/// Sums the client counts of the nodes whose record is alive, forgetting expired ones.
+/// KEYS: node set, count hash. Returns the sum.
+const COUNT_CLIENTS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, n in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], n)
+  redis.call('HDEL', KEYS[2], n)
+end
+local sum = 0
+for _, n in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  sum = sum + (tonumber(redis.call('HGET', KEYS[2], n)) or 0)
+end
+return sum
+"#;
+
+/// How often a node looks at its client count, and reports it if it changed.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a node reports its client count even if unchanged; its record lives three times
+/// as long.
+const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Reconnect backoff of the subscriber tasks.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -80,6 +113,8 @@ pub(crate) struct RedisBroker {
     timeout: Duration,
     publish_history: redis::Script,
     read_history: redis::Script,
+    /// Reports and counts the nodes' clients (on the first shard).
+    census: Arc<Census>,
     node: [u8; NODE_ID_LEN],
     prefix: String,
     ring: Ring,
@@ -109,12 +144,16 @@ struct Counters {
 }
 
 impl RedisBroker {
-    /// Connects to every shard (publisher and subscriber) and subscribes to the broadcast
-    /// channel.
+    /// Connects to every shard (publisher and subscriber), subscribes to the broadcast
+    /// channel, and starts reporting `clients` for the cluster counts.
     ///
     /// # Errors
     /// A description of the first shard that could not be reached.
-    pub(crate) async fn connect(config: &RedisConfig, deliver: Deliver) -> Result<Self, String> {
+    pub(crate) async fn connect(
+        config: &RedisConfig,
+        deliver: Deliver,
+        clients: ClientCount,
+    ) -> Result<Self, String> {
         let node = random_node_id();
         let counters = Arc::new(Counters::default());
         let mut shards = Vec::with_capacity(config.urls.len());
@@ -161,10 +200,20 @@ impl RedisBroker {
                 connected,
             });
         }
+        let census = Arc::new(Census {
+            conn: shards[0].publisher.clone(),
+            report: redis::Script::new(REPORT_NODE),
+            count: redis::Script::new(COUNT_CLIENTS),
+            node: hex(&node),
+            nodes_key: format!("{}nodes", config.prefix),
+            clients_key: format!("{}clients", config.prefix),
+        });
+        tokio::spawn(Arc::clone(&census).run(clients));
         Ok(RedisBroker {
             timeout: config.timeout,
             publish_history: redis::Script::new(PUBLISH_HISTORY),
             read_history: redis::Script::new(READ_HISTORY),
+            census,
             node,
             prefix: config.prefix.clone(),
             ring: Ring::new(&config.urls),
@@ -296,7 +345,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    fn cluster(&self) -> BoxFuture<'_, Result<ClusterStats, String>> {
+    fn cluster(&self, local_clients: usize) -> BoxFuture<'_, Result<ClusterStats, String>> {
         Box::pin(async move {
             // Every node subscribes to the broadcast channel (on the first shard), and a node
             // subscribes to a channel while it has local subscribers: Redis's own pub/sub
@@ -321,7 +370,19 @@ impl Broker for RedisBroker {
                     .map_err(failed)?;
                 channels += names.len();
             }
-            Ok(ClusterStats { nodes, channels })
+            self.census.report(local_clients).await.map_err(failed)?;
+            let clients = self.census.count().await.map_err(failed)?;
+            Ok(ClusterStats {
+                nodes,
+                channels,
+                clients,
+            })
+        })
+    }
+
+    fn leave(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(self.timeout, self.census.leave()).await;
         })
     }
 
@@ -472,6 +533,72 @@ impl Subscriber {
         }
         (self.deliver)(channel, own, rest);
     }
+}
+
+/// This node's record in the cluster's client count: a set of nodes scored by when their
+/// record expires, and a hash of their counts.
+struct Census {
+    conn: ConnectionManager,
+    report: redis::Script,
+    count: redis::Script,
+    node: String,
+    nodes_key: String,
+    clients_key: String,
+}
+
+impl Census {
+    /// Reports the count when it changed (checked every [`CHECK_INTERVAL`]) and at least every
+    /// [`REPORT_INTERVAL`], until `clients` says the hub is gone or shutting down. A failed
+    /// report (Redis unreachable) is retried at the next check.
+    async fn run(self: Arc<Self>, clients: ClientCount) {
+        let mut tick = tokio::time::interval(CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported: Option<(usize, tokio::time::Instant)> = None;
+        loop {
+            let now = tick.tick().await;
+            let Some(n) = clients() else {
+                return;
+            };
+            let due = reported.is_none_or(|(last, at)| last != n || now - at >= REPORT_INTERVAL);
+            if due {
+                reported = self.report(n).await.ok().map(|()| (n, now));
+            }
+        }
+    }
+
+    async fn report(&self, clients: usize) -> redis::RedisResult<()> {
+        let ttl = 3 * REPORT_INTERVAL.as_millis();
+        self.report
+            .key(&self.nodes_key)
+            .key(&self.clients_key)
+            .arg(&self.node)
+            .arg(clients)
+            .arg(u64::try_from(ttl).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    async fn count(&self) -> redis::RedisResult<usize> {
+        self.count
+            .key(&self.nodes_key)
+            .key(&self.clients_key)
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    async fn leave(&self) -> redis::RedisResult<()> {
+        redis::pipe()
+            .atomic()
+            .zrem(&self.nodes_key, &self.node)
+            .hdel(&self.clients_key, &self.node)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+}
+
+/// Lower-case hexadecimal.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `text` with Redis glob characters escaped, to match it literally in a pattern.

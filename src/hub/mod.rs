@@ -438,7 +438,13 @@ impl HubBuilder {
                     Hub { inner }.deliver_remote(channel, own, payload);
                 }
             });
-            let broker = crate::broker::redis::RedisBroker::connect(&redis, deliver)
+            let weak = Arc::downgrade(&hub.inner);
+            let clients: crate::broker::ClientCount = Arc::new(move || {
+                let inner = weak.upgrade()?;
+                let hub = Hub { inner };
+                (!hub.is_shutting_down()).then(|| hub.client_count())
+            });
+            let broker = crate::broker::redis::RedisBroker::connect(&redis, deliver, clients)
                 .await
                 .map_err(crate::Error::Broker)?;
             let _ = hub.inner.broker.set(Arc::new(broker));
@@ -1180,9 +1186,10 @@ impl Hub {
         }
     }
 
-    /// Counts over every node that shares this hub's broker: the nodes connected to it and
-    /// the channels with a subscriber on any node. `Ok(None)` without a broker (a single
-    /// node: [`Hub::stats`] is the whole picture). Clients are counted per node only.
+    /// Counts over every node that shares this hub's broker: the nodes connected to it, the
+    /// channels with a subscriber on any node, and the clients connected to any node (see
+    /// [`ClusterStats::clients`] for how fresh other nodes' counts are). `Ok(None)` without a
+    /// broker (a single node: [`Hub::stats`] is the whole picture).
     ///
     /// # Errors
     /// [`Error::Broker`](crate::Error::Broker) when the broker cannot be asked.
@@ -1190,7 +1197,7 @@ impl Hub {
         match self.inner.broker.get() {
             None => Ok(None),
             Some(broker) => broker
-                .cluster()
+                .cluster(self.client_count())
                 .await
                 .map(Some)
                 .map_err(crate::Error::Broker),
@@ -1266,7 +1273,8 @@ impl Hub {
     /// Shuts the hub down: new connections and publishes are refused, every client receives
     /// what was already queued for it and then close code 1001 "going away". Clients still
     /// connected at `deadline` are dropped. Every disconnect hook has run when this returns,
-    /// and no client or channel remains.
+    /// and no client or channel remains. With Redis, the node then leaves the cluster's
+    /// client count ([`Hub::cluster_stats`]).
     ///
     /// # Cancel safety
     /// Not cancel safe: dropping the future leaves clients closing without the deadline.
@@ -1297,6 +1305,9 @@ impl Hub {
             drop(members);
             let grace = self.inner.config.close_timeout;
             let _ = tokio::time::timeout(grace, tracker.wait()).await;
+        }
+        if let Some(broker) = self.inner.broker.get() {
+            broker.leave().await;
         }
         ShutdownReport { clients, forced }
     }
