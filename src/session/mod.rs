@@ -12,13 +12,14 @@ pub(crate) mod outbox;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::RateLimit;
@@ -461,10 +462,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // Not a byte more while requests wait: the client is held back by TCP.
             return Ok(false);
         }
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
-        }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+        let read = if self.rbuf.capacity() == 0 {
+            // Idle: read into the stack first, so that a poll that finds nothing to read (most
+            // polls of a subscriber: it is woken to write) allocates nothing.
+            let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut storage);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let filled = buf.filled();
+                    if !filled.is_empty() {
+                        self.rbuf.reserve(READ_CHUNK);
+                        self.rbuf.extend_from_slice(filled);
+                    }
+                    Poll::Ready(Ok(filled.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        } else {
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        };
+        match read {
             Poll::Pending => {
                 if self.rbuf.is_empty() && self.decoder.is_idle() {
                     self.rbuf = BytesMut::new();
