@@ -30,6 +30,19 @@ use crate::message::parse::{self, Request};
 use crate::message::{Json, Message};
 use outbox::Take;
 
+/// A deterministic pseudo-random source for the randomized tests (xorshift64, so a failure
+/// replays): each call returns a value below its argument.
+#[cfg(test)]
+fn test_random() -> impl FnMut(u64) -> u64 {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    move |bound| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    }
+}
+
 /// Rate-limit cost of a subscribe or unsubscribe, in messages.
 const SUBSCRIBE_COST: f64 = 1.0 / 16.0;
 /// Client publishes that may wait for the broker's acknowledgement at once, per connection.

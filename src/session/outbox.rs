@@ -612,14 +612,7 @@ mod tests {
 
     #[test]
     fn random_interleavings_with_delays_keep_exact_accounting_and_wake_when_due() {
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move |n: u64| {
-            // xorshift64: deterministic, so a failure replays.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = crate::session::test_random();
         for round in 0..300 {
             let policy = if round % 2 == 0 {
                 SlowConsumerPolicy::Disconnect
