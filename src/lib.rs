@@ -100,3 +100,8 @@ pub use message::channel::ChannelName;
 pub use message::json::{JsonError, JsonErrorKind};
 pub use message::{Json, Message};
 pub use session::DisconnectReason;
+
+/// The README's Rust examples, compiled by `cargo test --doc` so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

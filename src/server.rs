@@ -524,7 +524,7 @@ fn metrics(hub: &Hub) -> Response<Body> {
     let c = hub.counters();
     let b = c.broker;
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let rows: [(&str, &str, &str, u64); 18] = [
+    let rows: [(&str, &str, &str, u64); 19] = [
         (
             "clients",
             "gauge",
@@ -596,6 +596,12 @@ fn metrics(hub: &Hub) -> Response<Body> {
             "counter",
             "Frames completed by those writes.",
             c.frames_written,
+        ),
+        (
+            "history_gaps_total",
+            "counter",
+            "Times this node missed broker publications on a history channel and closed its subscribers (1012) to resume.",
+            c.history_gaps,
         ),
         (
             "broker_published_total",

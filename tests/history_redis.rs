@@ -318,3 +318,117 @@ async fn redis_history_older_than_the_ttl_is_gone() {
     close(ws).await;
     a.stop().await;
 }
+
+/// Stores publication `data` in `channel`'s Redis history as the broker does, but without
+/// sending it through pub/sub: exactly what a node sees when its subscription was lost while
+/// another node published.
+async fn store_without_delivery(redis: &RedisServer, channel: &str, data: u64) {
+    const STORE: &str = r#"
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local json = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], offset .. '-0', 'd', json, 't', ms)
+return offset
+"#;
+    let head = format!(
+        r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
+    );
+    let (meta, stream) = (format!("wshub:m:{channel}"), format!("wshub:h:{channel}"));
+    redis
+        .query(&["EVAL", STORE, "2", &meta, &stream, &head])
+        .await
+        .expect("store a publication");
+}
+
+/// Subscribes on `node`, receives publications 1..=3 published there, and returns the socket
+/// and the epoch.
+async fn subscribed_through_3(node: &TestServer, channel: &str) -> (Ws, String) {
+    let mut ws = node.connect().await;
+    subscribe_at(&mut ws, channel, None).await;
+    for i in 1..=3 {
+        node.hub.publish(channel, &numbered(i)).await.unwrap();
+    }
+    let mut epoch = String::new();
+    for i in 1..=3 {
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["offset"].as_u64(), Some(i), "{v}");
+        epoch = v["epoch"].as_str().unwrap().to_owned();
+    }
+    (ws, epoch)
+}
+
+/// After the 1012, a resume from offset 3 recovers 4 (never delivered live) and then `more`.
+async fn resume_recovers(node: &TestServer, channel: &str, epoch: &str, more: &[u64]) {
+    let mut ws = node.connect().await;
+    let answer = subscribe_at(&mut ws, channel, Some((3, epoch))).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    for &i in [4].iter().chain(more) {
+        let v = recv_json(&mut ws).await;
+        assert_eq!(
+            (v["offset"].as_u64(), v["data"].as_u64()),
+            (Some(i), Some(i))
+        );
+    }
+    expect_silence(&mut ws, Duration::from_millis(200)).await;
+    close(ws).await;
+}
+
+#[tokio::test]
+async fn a_node_that_missed_a_publication_closes_its_subscribers_who_resume_and_recover_it() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let (mut ws, epoch) = subscribed_through_3(&a, "feed:gap").await;
+    store_without_delivery(&redis, "feed:gap", 4).await;
+    // Publication 5 arrives live: the node sees that it never got 4.
+    a.hub.publish("feed:gap", &numbered(5)).await.unwrap();
+    let (code, reason) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012, "{reason}");
+    assert!(reason.contains("missed publications"), "{reason}");
+    assert_eq!(a.hub.counters().history_gaps, 1);
+    resume_recovers(&a, "feed:gap", &epoch, &[5]).await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_lost_redis_subscription_a_node_finds_missed_publications_without_new_ones() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let (mut ws, epoch) = subscribed_through_3(&a, "feed:quiet").await;
+    store_without_delivery(&redis, "feed:quiet", 4).await;
+    // Nothing more is published; the node re-subscribes and compares positions.
+    redis
+        .query(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .unwrap();
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(10), recv_close(&mut ws))
+        .await
+        .expect("the subscriber is told within the settle time");
+    assert_eq!(code, 1012, "{reason}");
+    assert_eq!(a.hub.counters().history_gaps, 1);
+    assert!(a.hub.counters().broker.reconnects >= 1);
+    resume_recovers(&a, "feed:quiet", &epoch, &[]).await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_redis_subscription_that_missed_nothing_disturbs_nobody() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let (mut ws, _) = subscribed_through_3(&a, "feed:calm").await;
+    redis
+        .query(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .unwrap();
+    eventually("the node re-subscribed", || {
+        a.hub.counters().broker.reconnects >= 1
+    })
+    .await;
+    expect_silence(&mut ws, Duration::from_secs(1)).await;
+    a.hub.publish("feed:calm", &numbered(4)).await.unwrap();
+    assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(4));
+    assert_eq!(a.hub.counters().history_gaps, 0);
+    close(ws).await;
+    a.stop().await;
+}

@@ -25,8 +25,13 @@
 //!   delivery continues; a publish still reaches this node's subscribers and returns
 //!   [`PublishError::Broker`](crate::PublishError::Broker) (with the local report), so nothing
 //!   vanishes silently. The node reconnects with exponential backoff (100 ms to 5 s) and
-//!   re-subscribes every channel that has local subscribers. Messages other nodes published
-//!   while this node was disconnected are not replayed (Redis pub/sub does not keep them).
+//!   re-subscribes every channel that has local subscribers (a subscribe made while Redis is
+//!   unreachable is answered at once and takes effect then). On channels without history,
+//!   what other nodes published while this node's subscriber connection was down does not
+//!   reach its clients (Redis pub/sub keeps nothing). On channels with history nothing is
+//!   lost: the node checks every publication's offset, and compares each channel's stored
+//!   position with its own when it re-subscribes; if it missed publications, the channel's
+//!   subscribers are closed with 1012 and recover them when they resume.
 
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -50,9 +55,14 @@ pub(crate) type ClientCount = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
 
 /// Delivers a message that arrived through the broker to this node's subscribers:
 /// `(channel or None for a broadcast, whether this node published it, payload)`. The payload
-/// is the exact JSON text, preceded by `"<offset> "` on channels with history.
+/// is the exact JSON text, preceded by `"<offset> <epoch> "` on channels with history.
 #[cfg(feature = "redis")]
 pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, &[u8]) + Send + Sync>;
+
+/// Told, after the broker lost and re-established its subscriptions, which channels were
+/// re-subscribed: whatever other nodes published on them in between never reached this node.
+#[cfg(feature = "redis")]
+pub(crate) type Resubscribed = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// A boxed future borrowing from the broker.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

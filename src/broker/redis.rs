@@ -13,8 +13,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver, RedisConfig, Ring,
-    StoredHistory,
+    BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver, RedisConfig,
+    Resubscribed, Ring, StoredHistory,
 };
 
 /// Appends a publication to a channel's history and publishes it, atomically, so offsets
@@ -37,7 +37,7 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', json, 't', ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. json)
+redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. json)
 return {offset, epoch}
 "#;
 
@@ -152,6 +152,7 @@ impl RedisBroker {
     pub(crate) async fn connect(
         config: &RedisConfig,
         deliver: Deliver,
+        resubscribed: Resubscribed,
         clients: ClientCount,
     ) -> Result<Self, String> {
         let node = random_node_id();
@@ -185,6 +186,7 @@ impl RedisBroker {
                 rx,
                 desired,
                 deliver: Arc::clone(&deliver),
+                resubscribed: Arc::clone(&resubscribed),
                 prefix: config.prefix.clone(),
                 node,
                 timeout: config.timeout,
@@ -415,6 +417,7 @@ struct Subscriber {
     /// Redis channels this node wants (re-subscribed after every reconnect).
     desired: HashSet<String>,
     deliver: Deliver,
+    resubscribed: Resubscribed,
     prefix: String,
     node: [u8; NODE_ID_LEN],
     timeout: Duration,
@@ -454,6 +457,14 @@ impl Subscriber {
                     "Redis subscriber reconnected; {} channels re-subscribed",
                     self.desired.len()
                 );
+                let prefix = format!("{}c:", self.prefix);
+                let channels = self
+                    .desired
+                    .iter()
+                    .filter_map(|c| c.strip_prefix(prefix.as_str()))
+                    .map(str::to_owned)
+                    .collect();
+                (self.resubscribed)(channels);
             }
             self.connected.store(true, Ordering::Relaxed);
             if let Some(r) = ready.take() {

@@ -248,6 +248,10 @@ pub mod close_code {
     pub const MANDATORY_EXT: u16 = 1010;
     /// 1011: unexpected condition on the server.
     pub const INTERNAL: u16 = 1011;
+    /// 1012: the service is restarting; the client may reconnect (IANA registry). wshub sends
+    /// it when a node missed publications on a channel with history: reconnecting and
+    /// resuming recovers them.
+    pub const SERVICE_RESTART: u16 = 1012;
 }
 
 /// Returns `true` if `code` may appear in a close frame on the wire:

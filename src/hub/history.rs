@@ -210,12 +210,18 @@ pub(crate) struct Recovering {
 pub(crate) struct UnmarkRecovering {
     pub(crate) state: Arc<Mutex<RemoteState>>,
     pub(crate) client: u64,
+    /// The client was the first local subscriber, whose read sets the node's position.
+    pub(crate) seeding: bool,
 }
 
 impl Drop for UnmarkRecovering {
     fn drop(&mut self) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.recovering.retain(|r| r.client != self.client);
+        if self.seeding {
+            // Dropped before its read (the connection ended): live publications set it.
+            st.seeding = false;
+        }
     }
 }
 
@@ -228,6 +234,19 @@ pub(crate) struct RemoteState {
     /// live copies of those that arrive late are skipped for it. Removed at the first newer
     /// publication.
     pub(crate) caught_up_to: Vec<(u64, u64)>,
+    /// The position this node's subscribers have reached: (epoch, offset) of the newest
+    /// publication delivered live, or read from the stored history when the node subscribed
+    /// in the broker. A live publication further on than the next offset, or in another epoch,
+    /// means this node missed some (its broker subscription was lost for a while).
+    pub(crate) last: Option<(Arc<str>, u64)>,
+    /// The first local subscriber has joined and not yet read the stored history.
+    pub(crate) seeding: bool,
+}
+
+impl RemoteState {
+    fn is_idle(&self) -> bool {
+        self.recovering.is_empty() && self.caught_up_to.is_empty() && !self.seeding
+    }
 }
 
 /// The report a local publisher waits for: its publication comes back from the broker (in
@@ -244,16 +263,51 @@ enum Waiter {
 /// Node-local state for channels whose history the broker keeps.
 #[derive(Default)]
 pub(crate) struct RemoteHistory {
-    channels: Mutex<HashMap<ChannelName, Arc<Mutex<RemoteState>>>>,
+    channels: Mutex<RemoteChannels>,
     waiters: Mutex<HashMap<(ChannelName, u64), Waiter>>,
 }
 
+#[derive(Default)]
+struct RemoteChannels {
+    map: HashMap<ChannelName, Arc<Mutex<RemoteState>>>,
+    /// Entries after the last purge of the unused ones; the next purge is due at twice as many.
+    kept: usize,
+}
+
 impl RemoteHistory {
-    /// The state of `channel` (created on first use; it only holds clients while they
-    /// recover, so an entry costs a few words).
-    pub(crate) fn channel(&self, channel: &ChannelName) -> Arc<Mutex<RemoteState>> {
-        let mut map = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(channel.clone()).or_default())
+    /// The state of `channel` (created on first use; an entry costs a few words). Once the
+    /// map has doubled since the last purge, the entries of channels that `live` says have no
+    /// local subscriber any more, and that nobody holds, are dropped: a node does not keep
+    /// state for every channel it ever saw.
+    pub(crate) fn channel(
+        &self,
+        channel: &ChannelName,
+        live: impl Fn(&str) -> bool,
+    ) -> Arc<Mutex<RemoteState>> {
+        let mut channels = self.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if !channels.map.contains_key(channel) && channels.map.len() >= (2 * channels.kept).max(64)
+        {
+            channels.map.retain(|name, state| {
+                Arc::strong_count(state) > 1
+                    || live(name.as_str())
+                    || !state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .is_idle()
+            });
+            channels.kept = channels.map.len();
+        }
+        Arc::clone(channels.map.entry(channel.clone()).or_default())
+    }
+
+    /// Entries kept (for the tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .len()
     }
 
     /// Records the local delivery report of this node's own publication `offset`.
@@ -358,6 +412,35 @@ mod tests {
         assert_eq!(st.since(&epoch, 6), None, "an offset from the future");
         assert_eq!(st.since("other", 4), None, "another epoch");
         assert_eq!(st.page(0, 2), vec![frame(3), frame(4)]);
+    }
+
+    #[test]
+    fn remote_state_of_channels_without_local_subscribers_is_purged() {
+        let remote = RemoteHistory::default();
+        let name = |n: &str| ChannelName::new(n).unwrap();
+        let live = |c: &str| c.starts_with("live");
+        let held = remote.channel(&name("held"), |_| false);
+        let kept = remote.channel(&name("live"), live);
+        kept.lock().unwrap().last = Some((Arc::from("e"), 7));
+        remote
+            .channel(&name("recovering"), live)
+            .lock()
+            .unwrap()
+            .recovering
+            .push(Recovering {
+                client: 1,
+                held: Vec::new(),
+            });
+        drop(kept);
+        for i in 0..500 {
+            drop(remote.channel(&name(&format!("gone{i}")), live));
+        }
+        assert!(remote.len() <= 64, "{} entries kept", remote.len());
+        assert!(Arc::ptr_eq(&held, &remote.channel(&name("held"), live)));
+        let st = remote.channel(&name("live"), live);
+        assert_eq!(st.lock().unwrap().last, Some((Arc::from("e"), 7)));
+        let st = remote.channel(&name("recovering"), live);
+        assert_eq!(st.lock().unwrap().recovering.len(), 1);
     }
 
     #[test]

@@ -37,6 +37,15 @@ use history::{HistoryStore, RemoteHistory};
 use members::{MemberSet, Snapshot};
 use registry::Registry;
 
+/// Close reason sent with 1012 to the subscribers of a channel on which this node missed
+/// publications from the broker.
+#[cfg(feature = "redis")]
+const GAP_REASON: &str = "missed publications: reconnect and resume to recover them";
+/// After the broker re-subscribed, how long publications already on their way get to arrive
+/// before this node compares its position with the stored one.
+#[cfg(feature = "redis")]
+const GAP_SETTLE: Duration = Duration::from_millis(500);
+
 /// Work a session waits for before reading its client's next request (e.g. a broker
 /// subscription being confirmed).
 pub(crate) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -176,6 +185,10 @@ pub struct Counters {
     pub socket_writes: u64,
     /// Frames those writes completed (`frames_written / socket_writes` is the batching).
     pub frames_written: u64,
+    /// Times this node found it had missed publications on a channel whose history the broker
+    /// keeps (its broker subscription was lost for a while) and closed that channel's
+    /// subscribers with 1012, so that they resume and recover them.
+    pub history_gaps: u64,
     /// The broker's counters (all zero without a broker).
     pub broker: BrokerCounters,
 }
@@ -192,6 +205,7 @@ struct AtomicCounters {
     hook_panics: AtomicU64,
     socket_writes: AtomicU64,
     frames_written: AtomicU64,
+    history_gaps: AtomicU64,
 }
 
 /// A page of a channel's history ([`Hub::history`]).
@@ -286,8 +300,10 @@ pub struct Hub {
 
 /// Builds a [`Hub`] from a [`HubConfig`] and hooks.
 ///
-/// Hooks run on the task of the client they concern, never on a publisher's path: a slow hook
-/// delays only that client's reading, and a panicking hook is contained (and counted).
+/// Hooks run on the task of the client they concern, never on a publisher's path, and a
+/// panicking hook is contained (and counted). They are called inline: a hook that blocks holds
+/// up the runtime worker thread it runs on, so hand slow work to `tokio::spawn` or
+/// `tokio::task::spawn_blocking`.
 #[must_use]
 pub struct HubBuilder {
     config: HubConfig,
@@ -439,14 +455,21 @@ impl HubBuilder {
                 }
             });
             let weak = Arc::downgrade(&hub.inner);
+            let resubscribed: crate::broker::Resubscribed = Arc::new(move |channels| {
+                if let Some(inner) = weak.upgrade() {
+                    Hub { inner }.broker_resubscribed(channels);
+                }
+            });
+            let weak = Arc::downgrade(&hub.inner);
             let clients: crate::broker::ClientCount = Arc::new(move || {
                 let inner = weak.upgrade()?;
                 let hub = Hub { inner };
                 (!hub.is_shutting_down()).then(|| hub.client_count())
             });
-            let broker = crate::broker::redis::RedisBroker::connect(&redis, deliver, clients)
-                .await
-                .map_err(crate::Error::Broker)?;
+            let broker =
+                crate::broker::redis::RedisBroker::connect(&redis, deliver, resubscribed, clients)
+                    .await
+                    .map_err(crate::Error::Broker)?;
             let _ = hub.inner.broker.set(Arc::new(broker));
             return Ok(hub);
         }
@@ -753,29 +776,151 @@ impl Hub {
         }
     }
 
+    /// This node's state for a channel whose history the broker keeps.
+    fn remote_state(&self, name: &ChannelName) -> Arc<std::sync::Mutex<history::RemoteState>> {
+        self.inner
+            .remote_history
+            .channel(name, |c| self.inner.channels.get(c).is_some())
+    }
+
+    /// This node missed publications on `channel` (a broker-history channel): its
+    /// subscribers get what is already queued, then close code 1012, and resume from their
+    /// last offset on reconnect, which recovers the missed publications from the stored
+    /// history (or tells them plainly that it cannot). Called under the channel's remote-state
+    /// lock, so no live publication slips in before the closes.
     #[cfg(feature = "redis")]
-    /// A publication on a broker-history channel (`"<offset> <json>"`): delivered under the
-    /// channel's node-local lock, held back for clients still recovering.
-    fn deliver_remote_history(&self, channel: &str, own: bool, payload: &[u8]) {
-        let Some(space) = payload.iter().position(|&b| b == b' ') else {
+    fn history_gap(&self, channel: &str, st: &mut history::RemoteState) {
+        self.inner
+            .counters
+            .history_gaps
+            .fetch_add(1, Ordering::Relaxed);
+        st.recovering.clear();
+        st.caught_up_to.clear();
+        let Some(ch) = self.inner.channels.get(channel) else {
             return;
         };
-        let Some(offset) = std::str::from_utf8(&payload[..space])
-            .ok()
-            .and_then(|s| s.parse().ok())
+        tracing::warn!(
+            channel,
+            subscribers = ch.members.len(),
+            "missed publications from the broker; closing the channel's subscribers so they resume"
+        );
+        let close = frame::close_frame(frame::close_code::SERVICE_RESTART, GAP_REASON);
+        for client in ch.members.load().iter() {
+            client.outbox.request_close(
+                close.clone(),
+                false,
+                DisconnectReason::Closed {
+                    code: frame::close_code::SERVICE_RESTART,
+                    reason: GAP_REASON.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// The broker re-subscribed `channels` after losing its subscriptions: on those with
+    /// history, compare (after a moment for publications already on their way) the stored
+    /// position with the one this node reached, and close the subscribers of each channel
+    /// that moved on meanwhile ([`Hub::history_gap`]). Without this, a channel that sees no
+    /// further publication would never show the gap.
+    #[cfg(feature = "redis")]
+    fn broker_resubscribed(&self, channels: Vec<String>) {
+        let Some(broker) = self.inner.broker.get().cloned() else {
+            return;
+        };
+        let config = &self.inner.config;
+        let channels: Vec<String> = channels
+            .into_iter()
+            .filter(|c| config.has_history(c) && self.inner.channels.get(c).is_some())
+            .collect();
+        if channels.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let ttl = hub.inner.config.history_ttl;
+            let mut stored = Vec::with_capacity(channels.len());
+            for channel in channels {
+                if let Ok(h) = broker.read_history(&channel, 0, 0, ttl).await {
+                    stored.push((channel, h));
+                }
+            }
+            tokio::time::sleep(GAP_SETTLE).await;
+            for (channel, h) in stored {
+                let (Some(epoch), Ok(name)) =
+                    (h.epoch, ChannelName::with_max_len(&channel, usize::MAX))
+                else {
+                    continue;
+                };
+                let state = hub.remote_state(&name);
+                let mut st = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if st.seeding {
+                    continue;
+                }
+                let behind = match &st.last {
+                    Some((e, offset)) => **e != *epoch || *offset < h.offset,
+                    None => h.offset > 0,
+                };
+                if behind {
+                    st.last = Some((Arc::from(epoch), h.offset));
+                    hub.history_gap(&channel, &mut st);
+                }
+            }
+        });
+    }
+
+    #[cfg(feature = "redis")]
+    /// A publication on a broker-history channel (`"<offset> <epoch> <json>"`): delivered
+    /// under the channel's node-local lock, held back for clients still recovering. If it
+    /// shows that this node missed publications, its subscribers are closed instead, so that
+    /// they resume from the stored history (see [`Hub::history_gap`]).
+    fn deliver_remote_history(&self, channel: &str, own: bool, payload: &[u8]) {
+        let mut fields = payload.splitn(3, |&b| b == b' ');
+        let (Some(offset), Some(epoch), Some(json)) = (fields.next(), fields.next(), fields.next())
         else {
+            return;
+        };
+        let (Some(offset), Ok(epoch)) = (
+            std::str::from_utf8(offset)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok()),
+            std::str::from_utf8(epoch),
+        ) else {
             return;
         };
         let Ok(name) = ChannelName::with_max_len(channel, usize::MAX) else {
             return;
         };
-        let json = &payload[space + 1..];
         let frame = frame::encode_with(frame::OpCode::Text, json.len(), |buf| buf.put_slice(json));
-        let state = self.inner.remote_history.channel(&name);
+        let state = self.remote_state(&name);
         let mut guard = state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let st = &mut *guard;
+        match &st.last {
+            // Until the first subscriber's read of the stored history sets the position,
+            // what arrives is only recorded (it may still be from an earlier subscription).
+            _ if st.seeding => {}
+            // Late live copies of what the stored history already showed: nothing missed.
+            Some((e, last)) if **e == *epoch && offset <= last + 1 => {}
+            None => {}
+            Some(_) => {
+                st.last = Some((Arc::from(epoch), offset));
+                self.history_gap(channel, st);
+                drop(guard);
+                if own {
+                    self.inner
+                        .remote_history
+                        .delivered(&name, offset, PublishReport::default());
+                }
+                return;
+            }
+        }
+        match &st.last {
+            Some((e, last)) if **e == *epoch && offset <= *last => {}
+            _ => st.last = Some((Arc::from(epoch), offset)),
+        }
         // Clients that read the stored history further than this node's live stream has got:
         // done once a newer publication arrives.
         let mut skip: Vec<u64> = Vec::new();
@@ -828,7 +973,7 @@ impl Hub {
             Ok(n) => n,
             Err(e) => return Some(e.to_string()),
         };
-        let state = self.inner.remote_history.channel(&name);
+        let state = self.remote_state(&name);
         let lock = || {
             state
                 .lock()
@@ -837,11 +982,17 @@ impl Hub {
         let joined = {
             let mut st = lock();
             let joined = self.subscribe_shared(&client, &channel);
-            if let Ok((true, _)) = &joined {
+            if let Ok((true, wait)) = &joined {
                 st.recovering.push(history::Recovering {
                     client: client.id,
                     held: Vec::new(),
                 });
+                if wait.is_some() {
+                    // The first local subscriber: this node's position restarts from the
+                    // stored history it is about to read.
+                    st.last = None;
+                    st.seeding = true;
+                }
             }
             joined
         };
@@ -853,11 +1004,13 @@ impl Hub {
             }
             Ok((true, wait)) => wait,
         };
+        let first = wait.is_some();
         // If this future is dropped while waiting (the connection ended), the client must not
         // stay marked as recovering: that would keep the channel off its fast path for good.
         let _unmark = history::UnmarkRecovering {
             state: Arc::clone(&state),
             client: client.id,
+            seeding: first,
         };
         if let Some(wait) = wait {
             wait.await;
@@ -881,6 +1034,17 @@ impl Hub {
                 Some(format!("history unavailable: {e}")),
             ),
         };
+        if first {
+            // Live publications up to the stored offset may still arrive (they are no gap);
+            // newer ones that reached this node while the read was under way were recorded.
+            st.seeding = false;
+            if let Some(e) = stored.epoch.as_deref() {
+                let newer = matches!(&st.last, Some((le, lo)) if **le == *e && *lo > stored.offset);
+                if !newer {
+                    st.last = Some((Arc::from(e), stored.offset));
+                }
+            }
+        }
         let epoch = stored.epoch.clone().unwrap_or_default();
         let recovered = since.as_ref().and_then(|(offset, wanted)| {
             let entries = &stored.entries;
@@ -1219,6 +1383,7 @@ impl Hub {
             hook_panics: get(&c.hook_panics),
             socket_writes: get(&c.socket_writes),
             frames_written: get(&c.frames_written),
+            history_gaps: get(&c.history_gaps),
             broker: self
                 .inner
                 .broker
