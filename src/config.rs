@@ -204,8 +204,10 @@ pub struct HubConfig {
 /// subscriptions stays within the default burst.
 ///
 /// A message that finds the bucket empty is refused with an `error` reply
-/// (`"rate limit exceeded"`); a client that sends `burst` refused messages in a row is
-/// disconnected with close code 1008.
+/// (`"rate limit exceeded"`). A client that sends `burst` refused messages without ever letting
+/// the bucket refill completely in between is disconnected with close code 1008: a single
+/// burst over the limit costs only refusals, a client that keeps sending over its rate (even
+/// if some of its messages get through) is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateLimit {

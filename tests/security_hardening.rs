@@ -307,3 +307,50 @@ async fn a_reconnecting_client_may_resubscribe_to_all_its_channels_at_once() {
     raw.send_close(1000, "").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_steadily_over_its_rate_is_closed_although_some_messages_get_through() {
+    let log = DisconnectLog::default();
+    let limit = RateLimit::new(50, 10);
+    let hub = log
+        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(limit))))
+        .build()
+        .unwrap();
+    let server = TestServer::start(hub).await;
+    let (mut raw, id) = server.raw_client().await;
+    // One ping every 4 ms (250/s, five times the rate): a token comes back every 20 ms, so
+    // some pings are answered between the refusals, and the refusals never come `burst` in a
+    // row. Bounded: 2 s of pings at most.
+    let ping = wshub::frame::encode_masked(1, true, 0, br#"{"type":"ping"}"#, [9; 4]);
+    let mut tick = tokio::time::interval(Duration::from_millis(4));
+    let (mut sent, mut pongs, mut errors) = (0, 0, 0);
+    let code = loop {
+        tokio::select! {
+            _ = tick.tick(), if sent < 500 => {
+                raw.write(&ping).await;
+                sent += 1;
+            }
+            frame = raw.read_frame() => {
+                let (op, payload) = frame.expect("frames until the close");
+                if op == 8 {
+                    break u16::from_be_bytes([payload[0], payload[1]]);
+                }
+                let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                match v["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    Some("error") => errors += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    };
+    assert!(
+        sent < 500,
+        "closed before the 2 s of pings ran out ({sent} sent)"
+    );
+    assert_eq!(code, 1008);
+    assert!(pongs > 10, "the bucket's 10 plus refills: {pongs} pongs");
+    assert!(errors >= 9, "{errors} refusals before the close");
+    assert_eq!(log.wait_for(id).await, DisconnectReason::RateLimited);
+    server.stop().await;
+}

@@ -257,7 +257,9 @@ struct TokenBucket {
     rate: f64,
     burst: u32,
     last: Instant,
-    /// Refusals in a row.
+    /// Refusals since the bucket was last full: a client that backs off until it refills gets
+    /// a clean slate, one that keeps sending over its rate (even with some messages accepted
+    /// in between) piles them up.
     strikes: u32,
 }
 
@@ -277,9 +279,11 @@ impl TokenBucket {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(f64::from(self.burst));
         self.last = now;
+        if self.tokens >= f64::from(self.burst) {
+            self.strikes = 0;
+        }
         if self.tokens >= cost {
             self.tokens -= cost;
-            self.strikes = 0;
             true
         } else {
             self.strikes += 1;
@@ -774,7 +778,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Takes a token from the rate limiter; on refusal counts a strike, and closes the
-    /// connection (1008) after `burst` refusals in a row.
+    /// connection (1008) after `burst` refusals without the bucket refilling in between.
     fn admit(&mut self, cost: f64) -> bool {
         let Some(bucket) = &mut self.limiter else {
             return true;
