@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use wshub::{Hub, Json, Message};
 
 #[tokio::main]
@@ -45,7 +45,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     })
                 }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            // The slowloris timeout and the request head limit are the HTTP server's job.
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(16 << 10)
+                .serve_connection(TokioIo::new(tcp), service);
             if let Err(e) = conn.with_upgrades().await {
                 eprintln!("connection error: {e}");
             }

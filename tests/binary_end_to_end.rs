@@ -1,6 +1,7 @@
 //! The `wshub` binary and `examples/client` as an operator runs them: two nodes on two ports
 //! over one `redis-server`, a channel with history, the example client on one node and the
-//! HTTP API on the other, and the client's node restarted while publishing goes on.
+//! HTTP API on the other, and the client's node restarted while publishing goes on; the
+//! security flags and environment variables; SIGTERM; bad flags.
 
 mod support;
 
@@ -29,10 +30,16 @@ impl Drop for Proc {
 
 /// Starts `wshub` on `addr` with `args` and waits until it accepts connections.
 fn wshub(addr: SocketAddr, args: &[&str]) -> Proc {
+    wshub_env(addr, args, &[])
+}
+
+/// [`wshub`] with environment variables.
+fn wshub_env(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_wshub"))
         .arg("--listen")
         .arg(addr.to_string())
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -176,8 +183,13 @@ async fn the_example_client_on_one_node_resumes_across_its_restart_without_losin
 #[test]
 fn bad_flags_and_an_unreachable_redis_are_clear_errors_with_an_exit_code() {
     let port = free_addr().to_string();
-    let cases: [(&[&str], i32, &str); 5] = [
+    let cases: [(&[&str], i32, &str); 6] = [
         (&["--bogus"], 2, "unknown argument \"--bogus\""),
+        (
+            &["--rate-limit", "0", "--rate-burst", "5"],
+            2,
+            "--rate-burst needs a rate limit",
+        ),
         (
             &["--write-delay", "-1"],
             2,
@@ -210,4 +222,126 @@ fn bad_flags_and_an_unreachable_redis_are_clear_errors_with_an_exit_code() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+}
+
+/// Opens a WebSocket to `url` with extra request headers; the HTTP status on refusal.
+async fn ws_with(url: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("{url}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn the_binarys_security_flags_and_environment_take_effect() {
+    let addr = free_addr();
+    let _server = wshub_env(
+        addr,
+        &[
+            "--auth-token",
+            "alice=s3cret",
+            "--allowed-origin",
+            "https://app.example",
+            "--max-channel-name-len",
+            "8",
+        ],
+        &[("WSHUB_API_KEY", "k3y"), ("WSHUB_AUTH_TOKENS", "bob=b0b")],
+    );
+    let url = format!("ws://{addr}/ws");
+    assert_eq!(ws_with(&url, &[]).await.err(), Some(401), "no token");
+    assert_eq!(
+        ws_with(&format!("{url}?token=wrong"), &[]).await.err(),
+        Some(401)
+    );
+    let good: [(String, Vec<(&str, &str)>); 4] = [
+        (format!("{url}?token=s3cret"), vec![]),
+        (url.clone(), vec![("Authorization", "Bearer s3cret")]),
+        (
+            url.clone(),
+            vec![("Cookie", "theme=dark; wshub_token=s3cret")],
+        ),
+        (url.clone(), vec![("Authorization", "Bearer b0b")]), // from WSHUB_AUTH_TOKENS
+    ];
+    for (u, headers) in &good {
+        let mut ws = ws_with(u, headers)
+            .await
+            .expect("a valid token is accepted");
+        sync(&mut ws).await;
+        close(ws).await;
+    }
+    // Cross-site WebSocket hijacking: a valid cookie, sent by a browser on a foreign page.
+    let foreign = [
+        ("Cookie", "wshub_token=s3cret"),
+        ("Origin", "https://evil.example"),
+    ];
+    assert_eq!(ws_with(&url, &foreign).await.err(), Some(403));
+    let own = [
+        ("Cookie", "wshub_token=s3cret"),
+        ("Origin", "https://app.example"),
+    ];
+    let mut ws = ws_with(&url, &own).await.expect("the allowed origin");
+    send(&mut ws, r#"{"type":"subscribe","channel":"ninechars"}"#).await;
+    let error = recv_error(&mut ws).await;
+    assert!(error.contains("longer than 8 characters"), "{error}");
+    subscribe(&mut ws, "eight:ch").await;
+    // The API key from WSHUB_API_KEY guards the HTTP API.
+    let body = br#"{"channel":"eight:ch","data":1}"#;
+    let (status, _) = http(addr, "POST", "/api/publish", &[JSON], body).await;
+    assert_eq!(status, 401);
+    let auth = ("Authorization", "Bearer k3y");
+    let (status, reply) = http(addr, "POST", "/api/publish", &[JSON, auth], body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(recv_json(&mut ws).await["data"], 1);
+    close(ws).await;
+}
+
+#[tokio::test]
+async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
+    let addr = free_addr();
+    let mut server = wshub(addr, &[]);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&format!("ws://{addr}/ws")).await;
+        subscribe(&mut ws, "news").await;
+        clients.push(ws);
+    }
+    publish(addr, "news", 7).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    for mut ws in clients {
+        assert_eq!(
+            recv_json(&mut ws).await["data"],
+            7,
+            "queued before the signal"
+        );
+        let (code, _) = recv_close(&mut ws).await;
+        assert_eq!(code, 1001);
+    }
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(exit) = server.0.try_wait().expect("wait for wshub") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wshub still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
 }

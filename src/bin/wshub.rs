@@ -37,6 +37,7 @@ USAGE: wshub [OPTIONS]
   --max-queued-frames N       per-client outbound queue bound in frames [default: 16384]
   --slow-consumer POLICY      `disconnect` (close 1008) or `drop` [default: disconnect]
   --max-subscriptions N       channels per client [default: 1024]
+  --max-channel-name-len N    longest channel name, in characters [default: 256]
   --max-body-size BYTES       largest HTTP API request body [default: 1048576]
   --shutdown-timeout SECS     grace period for clients on SIGINT/SIGTERM [default: 10]
 
@@ -191,7 +192,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
             tokens.push(id_token("WSHUB_AUTH_TOKENS", pair)?);
         }
     }
-    let (mut rate, mut burst) = (100u32, 200u32);
+    let (mut rate, mut burst) = (100u32, None);
     let (mut redis_urls, mut redis_prefix) = (Vec::new(), None);
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -237,13 +238,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
                     .map_err(|e| e.to_string())?;
             }
             "--max-subscriptions" => hub.max_subscriptions = number(&flag, &value()?)?,
+            "--max-channel-name-len" => hub.max_channel_name_len = number(&flag, &value()?)?,
             "--max-body-size" => server.max_body_size = number(&flag, &value()?)?,
             "--shutdown-timeout" => server.shutdown_timeout = secs(&flag, &value()?)?,
             "--auth-token" => tokens.push(id_token(&flag, &value()?)?),
             "--allowed-origin" => hub.allowed_origins.push(value()?),
             "--max-connections" => hub.max_connections = number(&flag, &value()?)?,
             "--rate-limit" => rate = number(&flag, &value()?)?,
-            "--rate-burst" => burst = number(&flag, &value()?)?,
+            "--rate-burst" => burst = Some(number(&flag, &value()?)?),
             "--handshake-timeout" => server.handshake_timeout = secs(&flag, &value()?)?,
             "--max-header-size" => server.max_header_size = number(&flag, &value()?)?,
             "--redis" => redis_urls.push(value()?),
@@ -256,7 +258,10 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    hub.rate_limit = (rate > 0).then(|| RateLimit::new(rate, burst));
+    if rate == 0 && burst.is_some() {
+        return Err("--rate-burst needs a rate limit (--rate-limit 0 turns it off)".to_owned());
+    }
+    hub.rate_limit = (rate > 0).then(|| RateLimit::new(rate, burst.unwrap_or(200)));
     let redis = (!redis_urls.is_empty()).then(|| {
         let config = RedisConfig::new(redis_urls);
         match redis_prefix {
