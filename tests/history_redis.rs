@@ -231,10 +231,27 @@ async fn beyond_the_window_the_client_is_told_not_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled_with_redis() {
+    race_with_redis(false).await;
+}
+
+/// The same while another client keeps the node subscribed in Redis, so each resume takes
+/// the path where the node is already receiving the channel live (no wait for Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_racing_publish_is_never_lost_or_doubled_on_a_node_already_subscribed() {
+    race_with_redis(true).await;
+}
+
+async fn race_with_redis(anchored: bool) {
     const ROUNDS: usize = 60;
     let redis = RedisServer::start().await;
     let subscriber_node = node(&redis, 100_000).await;
     let publisher_node = node(&redis, 100_000).await;
+    let mut anchor = None;
+    if anchored {
+        let mut ws = subscriber_node.connect().await;
+        subscribe_at(&mut ws, "feed:race", None).await;
+        anchor = Some(ws);
+    }
     let racing = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     // Four publishers: each publish is a Redis round trip, and the resumes must race many.
@@ -273,6 +290,19 @@ async fn the_racing_publish_at_the_switch_over_is_never_lost_or_doubled_with_red
         published > 300,
         "the publishers raced the resumes ({published} publications)"
     );
+    if let Some(mut ws) = anchor {
+        // The anchor received everything (the numbered publications and three markers a
+        // round), in order, once.
+        let total = published + 3 * ROUNDS as u64;
+        let mut expected = 1;
+        while expected <= total {
+            let v = recv_json(&mut ws).await;
+            assert_eq!(v["offset"].as_u64(), Some(expected));
+            expected += 1;
+        }
+        expect_silence(&mut ws, Duration::from_millis(100)).await;
+        assert_eq!(subscriber_node.hub.counters().history_gaps, 0);
+    }
     subscriber_node.stop().await;
     publisher_node.stop().await;
 }
