@@ -462,3 +462,78 @@ async fn a_lost_redis_subscription_that_missed_nothing_disturbs_nobody() {
     close(ws).await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_restarted_redis_without_its_data_closes_the_subscribers_who_are_told_not_recovered() {
+    let mut redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, 100).await, node(&redis, 100).await);
+    let (mut ws, epoch) = subscribed_through_3(&a, "feed:restart").await;
+    redis.restart().await; // no persistence: the history and its epoch are gone
+    eventually("both nodes re-subscribed", || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.hub.counters().broker.reconnects >= 1)
+    })
+    .await;
+    let mut published = None;
+    for _ in 0..100 {
+        // The publishing connection may take a moment to come back.
+        match b.hub.publish("feed:restart", &numbered(100)).await {
+            Ok(_) => {
+                published = Some(());
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    published.expect("publishing works again after the restart");
+    // Node A sees a publication of another epoch: it closes its subscriber, whose resume
+    // from its old position is answered plainly.
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012);
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:restart", Some((3, &epoch))).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    assert_ne!(answer["epoch"], epoch.as_str());
+    assert_eq!(answer["offset"], 1);
+    close(ws).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Publishes on `node` until the broker takes it again (after a Redis restart).
+async fn publish_when_back(node: &TestServer, channel: &str, i: u64) {
+    for _ in 0..200 {
+        if node.hub.publish(channel, &numbered(i)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("publishing did not come back after the restart");
+}
+
+#[tokio::test]
+async fn a_redis_restored_from_an_older_snapshot_starts_a_new_epoch_and_reuses_no_offset() {
+    let mut redis = RedisServer::start_persistent().await;
+    let a = node(&redis, 100).await;
+    let (mut ws, epoch) = subscribed_through_3(&a, "feed:snap").await;
+    redis.query(&["SAVE"]).await.unwrap(); // the snapshot holds offsets 1 to 3
+    for i in 4..=5 {
+        a.hub.publish("feed:snap", &numbered(i)).await.unwrap();
+        assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(i));
+    }
+    redis.restart().await; // a crash: 4 and 5 are lost, the old epoch comes back
+    publish_when_back(&a, "feed:snap", 6).await;
+    let (code, _) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012, "a publication of a new epoch shows the loss");
+    // A client that had seen only 1 to 3 must not be told it recovered 4 and 5: offsets of
+    // the old epoch were not handed out again.
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:snap", Some((3, &epoch))).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    assert_ne!(answer["epoch"], epoch.as_str());
+    assert_eq!(answer["offset"], 1);
+    expect_silence(&mut ws, Duration::from_millis(100)).await;
+    close(ws).await;
+    a.stop().await;
+}

@@ -17,18 +17,38 @@ use super::{
     Resubscribed, Ring, StoredHistory,
 };
 
+/// Lua: sets `epoch` to the channel's epoch, or `false` when it has none that this Redis process
+/// can vouch for. KEYS[1] is the meta hash (`e` epoch, `o` last offset, `r` the run id of the
+/// Redis process that created the epoch). A hash restored by another process (a restart from
+/// a snapshot or an append-only file, a failover to a replica) may lack the last publications
+/// while their offsets were handed out already: offsets would be reused under the same epoch,
+/// and a resume could be presented as complete while it skips them. So the epoch of another
+/// process counts as lost, and the next publish starts a new one.
+macro_rules! current_epoch {
+    () => {
+        r#"
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if epoch and redis.call('HGET', KEYS[1], 'r') ~= run then
+  epoch = false
+end
+"#
+    };
+}
+
 /// Appends a publication to a channel's history and publishes it, atomically, so offsets
 /// are assigned and delivered in the same order on every node.
 ///
-/// KEYS: meta hash (`e` epoch, `o` last offset), stream. ARGV: JSON head (without its closing
-/// brace), node id, max length, TTL in ms, pub/sub channel. Returns {offset, epoch}.
-const PUBLISH_HISTORY: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
+/// KEYS: meta hash, stream. ARGV: JSON head (without its closing brace), node id, max length,
+/// TTL in ms, pub/sub channel. Returns {offset, epoch}.
+const PUBLISH_HISTORY: &str = concat!(
+    current_epoch!(),
+    r#"
 if not epoch then
   local t = redis.call('TIME')
   epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'r', run)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local json = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
@@ -39,13 +59,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. json)
 return {offset, epoch}
-"#;
+"#
+);
 
 /// Reads a channel's position and the publications after an offset that are not older than
 /// the TTL. KEYS: meta hash, stream. ARGV: since, limit, TTL in ms.
 /// Returns {epoch or false, offset, {offset, json, ...}}.
-const READ_HISTORY: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
+const READ_HISTORY: &str = concat!(
+    current_epoch!(),
+    r#"
 if not epoch then
   return {false, 0, {}}
 end
@@ -68,7 +90,8 @@ for _, e in ipairs(entries) do
   end
 end
 return {epoch, offset, out}
-"#;
+"#
+);
 
 /// Records this node's client count: KEYS: node set (scored by expiry), count hash. ARGV:
 /// node id, clients, how long the record lives in ms.

@@ -1,7 +1,8 @@
-//! A private `redis-server` for a test: its own free port on 127.0.0.1, no persistence,
-//! killed when dropped. Needs `redis-server` on PATH (`apt-get install -y redis-server`;
+//! A private `redis-server` for a test: its own free port on 127.0.0.1, no persistence (or
+//! snapshots in its own directory, taken only on `SAVE`), killed when dropped. Needs `redis-server` on PATH (`apt-get install -y redis-server`;
 //! scripts/test.sh installs it).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -10,12 +11,33 @@ use super::WAIT;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Where a persistent server keeps its snapshot (loaded again on restart).
+    dir: Option<PathBuf>,
 }
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
         let port = super::free_addr().port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// A server that writes a snapshot on `SAVE` (only) into a directory of its own, and
+    /// loads it when restarted: a restart from an older snapshot, as after a crash.
+    pub async fn start_persistent() -> RedisServer {
+        let port = super::free_addr().port();
+        let dir = std::env::temp_dir().join(format!("wshub-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the snapshot directory");
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: Some(dir),
+        };
         server.spawn().await;
         server
     }
@@ -25,9 +47,14 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some(dir) = &self.dir {
+            command.arg("--dir").arg(dir);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,5 +112,8 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
