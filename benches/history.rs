@@ -1,7 +1,9 @@
 //! The cost of history: publishing on a channel with history against the same channel
-//! without, in memory (1,000 detached subscribers, the enqueue path) and through the Redis
-//! broker (a local `redis-server` on a free port, started by the bench when it is on PATH;
-//! publish round trips, no local subscribers).
+//! without, in memory (1 and 1,000 detached subscribers, the enqueue path) and through the
+//! Redis broker (a local `redis-server` on a free port, started by the bench when it is on
+//! PATH; one local subscriber, so a publish on the history channel waits until its copy came
+//! back from Redis and was delivered). The Redis part also prints the redis-server's CPU time
+//! per publish, from `/proc`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,36 +23,38 @@ fn message() -> Message {
 }
 
 fn in_memory(c: &mut Criterion) {
-    let mut group = c.benchmark_group("history_memory_1k_subscribers");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    group.throughput(Throughput::Elements(1000));
-    let hub = Hub::builder().config(config()).build().unwrap();
-    let clients: Vec<_> = (0..1000).map(|_| hub.detached_client()).collect();
-    for c in &clients {
-        c.subscribe("hist:a").unwrap();
-        c.subscribe("plain").unwrap();
-    }
-    let msg = message();
-    for channel in ["plain", "hist:a"] {
-        group.bench_function(BenchmarkId::from_parameter(channel), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let report = hub.publish_local(channel, &msg).unwrap();
-                    total += t.elapsed();
-                    assert_eq!(report.enqueued, 1000);
-                    for c in &clients {
-                        c.drain_detached();
+    for subscribers in [1, 1000] {
+        let mut group = c.benchmark_group(format!("history_memory_{subscribers}_subscribers"));
+        group
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
+        group.throughput(Throughput::Elements(subscribers));
+        let hub = Hub::builder().config(config()).build().unwrap();
+        let clients: Vec<_> = (0..subscribers).map(|_| hub.detached_client()).collect();
+        for c in &clients {
+            c.subscribe("hist:a").unwrap();
+            c.subscribe("plain").unwrap();
+        }
+        let msg = message();
+        for channel in ["plain", "hist:a"] {
+            group.bench_function(BenchmarkId::from_parameter(channel), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t = Instant::now();
+                        let report = hub.publish_local(channel, &msg).unwrap();
+                        total += t.elapsed();
+                        assert_eq!(report.enqueued as u64, subscribers);
+                        for c in &clients {
+                            c.drain_detached();
+                        }
                     }
-                }
-                total
+                    total
+                });
             });
-        });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 struct Redis(Child);
@@ -93,8 +97,16 @@ fn start_redis() -> Option<(Redis, u16)> {
     None
 }
 
+/// CPU seconds (user + system) of process `pid` so far, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
 fn through_redis(c: &mut Criterion) {
-    let Some((_redis, port)) = start_redis() else {
+    let Some((redis, port)) = start_redis() else {
         eprintln!("history_redis: skipped (no redis-server on PATH)");
         return;
     };
@@ -107,19 +119,54 @@ fn through_redis(c: &mut Criterion) {
             .await
             .unwrap()
     });
-    let mut group = c.benchmark_group("history_redis_publish");
+    let subscriber = hub.detached_client();
+    let msg = message();
+    rt.block_on(async {
+        for channel in ["plain", "hist:a"] {
+            subscriber.subscribe(channel).unwrap();
+        }
+        // The history channel's subscription in Redis is active once a publish comes back.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hub.publish("hist:a", &msg).await.unwrap().enqueued != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis subscription never came up"
+            );
+        }
+        subscriber.drain_detached();
+    });
+    let mut group = c.benchmark_group("history_redis_publish_1_subscriber");
     group
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     group.throughput(Throughput::Elements(1));
-    let msg = message();
     for channel in ["plain", "hist:a"] {
         group.bench_function(BenchmarkId::from_parameter(channel), |b| {
-            b.to_async(&rt)
-                .iter(|| async { hub.publish(channel, &msg).await.unwrap() });
+            b.to_async(&rt).iter(|| async {
+                let report = hub.publish(channel, &msg).await.unwrap();
+                assert_eq!(report.enqueued, 1);
+                subscriber.drain_detached();
+            });
         });
     }
     group.finish();
+    // Redis's own CPU per publish: a fixed number of publishes of each kind.
+    const N: u32 = 20_000;
+    for channel in ["plain", "hist:a"] {
+        let before = cpu_seconds(redis.0.id());
+        rt.block_on(async {
+            for _ in 0..N {
+                hub.publish(channel, &msg).await.unwrap();
+                subscriber.drain_detached();
+            }
+        });
+        if let (Some(a), Some(b)) = (before, cpu_seconds(redis.0.id())) {
+            eprintln!(
+                "history_redis: redis-server CPU per publish on {channel:7}: {:.1} µs ({N} publishes)",
+                (b - a) * 1e6 / f64::from(N)
+            );
+        }
+    }
 }
 
 criterion_group!(benches, in_memory, through_redis);

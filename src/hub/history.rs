@@ -153,17 +153,12 @@ impl HistoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The log of `channel`, created (with a new epoch, offset 0) if missing or idle for
-    /// longer than the TTL (its history is gone, so its epoch changes).
-    pub(crate) fn log(&self, channel: &ChannelName, now: Instant) -> Arc<ChannelLog> {
+    /// The log of `channel` (a valid name), created (with a new epoch, offset 0) if missing.
+    /// Lock it and call [`HistoryStore::refresh`] before use.
+    pub(crate) fn log(&self, channel: &str, now: Instant) -> Arc<ChannelLog> {
         let mut shard = self.shard(channel);
-        if let Some(log) = shard.get(&**channel) {
-            let mut st = log.lock();
-            if now.saturating_duration_since(st.touched) <= self.ttl {
-                st.prune(now, self.size, self.ttl);
-                drop(st);
-                return Arc::clone(log);
-            }
+        if let Some(log) = shard.get(channel) {
+            return Arc::clone(log);
         }
         let log = Arc::new(ChannelLog {
             state: Mutex::new(LogState {
@@ -173,24 +168,41 @@ impl HistoryStore {
                 touched: now,
             }),
         });
-        // Forget idle logs in this shard while here, so memory follows activity.
+        // Forget idle logs in this shard while here, so memory follows activity (a log that a
+        // channel holds stays: the channel would go on using it).
         let ttl = self.ttl;
-        shard.retain(|_, l| now.saturating_duration_since(l.lock().touched) <= ttl);
-        shard.insert(channel.clone(), Arc::clone(&log));
+        shard.retain(|_, l| {
+            Arc::strong_count(l) > 1 || now.saturating_duration_since(l.lock().touched) <= ttl
+        });
+        let name = ChannelName::with_max_len(channel, usize::MAX)
+            .unwrap_or_else(|_| unreachable!("history channels are validated first"));
+        shard.insert(name, Arc::clone(&log));
         log
+    }
+
+    /// Brings a locked log up to date: one idle for longer than the TTL lost its history, so
+    /// it starts again with a new epoch at offset 0; otherwise expired entries are dropped.
+    pub(crate) fn refresh(&self, st: &mut LogState, now: Instant) {
+        if now.saturating_duration_since(st.touched) > self.ttl {
+            st.epoch = new_epoch();
+            st.last = 0;
+            st.entries.clear();
+            st.touched = now;
+        } else {
+            st.prune(now, self.size, self.ttl);
+        }
     }
 
     /// The log of `channel` if it exists and is not idle past the TTL.
     pub(crate) fn existing(&self, channel: &str, now: Instant) -> Option<Arc<ChannelLog>> {
-        let shard = self.shard(channel);
-        let log = shard.get(channel)?;
+        let log = Arc::clone(self.shard(channel).get(channel)?);
         let mut st = log.lock();
         if now.saturating_duration_since(st.touched) > self.ttl {
             return None;
         }
         st.prune(now, self.size, self.ttl);
         drop(st);
-        Some(Arc::clone(log))
+        Some(log)
     }
 
     /// Trims a log after an append.
@@ -448,17 +460,18 @@ mod tests {
         let ttl = Duration::from_secs(10);
         let store = HistoryStore::new(100, ttl);
         let t0 = Instant::now();
-        let ch = ChannelName::new("c").unwrap();
         let epoch = {
-            let log = store.log(&ch, t0);
+            let log = store.log("c", t0);
             let mut st = log.lock();
+            store.refresh(&mut st, t0);
             st.append(t0, |p| frame(p.offset));
             st.position().epoch
         };
         let t1 = t0 + Duration::from_secs(5);
         {
-            let log = store.log(&ch, t1);
+            let log = store.log("c", t1);
             let mut st = log.lock();
+            store.refresh(&mut st, t1);
             st.append(t1, |p| frame(p.offset));
         }
         // At t0 + 12 s the first entry expired; the log itself is not idle (written at t1).
@@ -469,8 +482,9 @@ mod tests {
         // Idle past the TTL: a new epoch, offsets start again.
         let t3 = t1 + Duration::from_secs(11);
         assert!(store.existing("c", t3).is_none());
-        let fresh = store.log(&ch, t3);
-        let st = fresh.lock();
+        let fresh = store.log("c", t3);
+        let mut st = fresh.lock();
+        store.refresh(&mut st, t3);
         assert_ne!(st.position().epoch, epoch);
         assert_eq!(st.position().offset, 0);
     }

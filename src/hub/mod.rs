@@ -585,11 +585,10 @@ impl Hub {
         self.accepting()?;
         let config = &self.inner.config;
         // With a broker, history lives in the broker: a local-only publish is not part of it.
-        if config.has_history(channel) && !self.has_broker() {
-            let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
-            return Ok(self.publish_with_history(&name, message));
-        }
         validate_channel_name(channel, config.max_channel_name_len)?;
+        if config.has_history(channel) && !self.has_broker() {
+            return Ok(self.publish_with_history(channel, message));
+        }
         let Some(ch) = self.inner.channels.get(channel) else {
             self.inner
                 .counters
@@ -634,15 +633,30 @@ impl Hub {
 
     /// A publish on a channel with history: the next offset, the log entry and the delivery
     /// to current subscribers all happen under the channel's log lock (see `history`).
-    fn publish_with_history(&self, name: &ChannelName, message: &Message) -> PublishReport {
+    fn publish_with_history(&self, channel: &str, message: &Message) -> PublishReport {
         let now = tokio::time::Instant::now();
-        let log = self.inner.history.log(name, now);
+        let history = &self.inner.history;
+        let ch = self.inner.channels.get(channel);
+        let log = match &ch {
+            // The channel keeps its log: no second lookup.
+            Some(ch) => Arc::clone(ch.history.get_or_init(|| history.log(channel, now))),
+            None => history.log(channel, now),
+        };
         let mut st = log.lock();
+        history.refresh(&mut st, now);
         let frame = st.append(now, |p| {
-            message.encode_frame_at(Some(name), SystemTime::now(), Some((p.offset, &p.epoch)))
+            message.encode_frame_at(Some(channel), SystemTime::now(), Some((p.offset, &p.epoch)))
         });
-        self.inner.history.trim(&mut st, now);
-        self.publish_frame(Some(name), &frame)
+        history.trim(&mut st, now);
+        // Members are read under the log lock. A channel is deleted only once empty and
+        // nobody joins it after, so members found mean it is still the channel; an empty one
+        // may have been replaced by a new channel (whose subscribers joined under this lock,
+        // expecting this publication live), so it is looked up again.
+        let members = ch.as_ref().map(|ch| ch.members.load());
+        match members {
+            Some(members) if members.len() > 0 => self.deliver_to(&members, &frame),
+            _ => self.publish_frame(Some(channel), &frame),
+        }
     }
 
     /// Subscribes `client` to a channel with history and queues the answer
@@ -657,10 +671,11 @@ impl Hub {
         channel: &str,
         since: Option<(u64, &str)>,
     ) -> Result<(), SubscribeError> {
-        let name = ChannelName::with_max_len(channel, self.inner.config.max_channel_name_len)?;
+        validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
         let now = tokio::time::Instant::now();
-        let log = self.inner.history.log(&name, now);
-        let st = log.lock();
+        let log = self.inner.history.log(channel, now);
+        let mut st = log.lock();
+        self.inner.history.refresh(&mut st, now);
         let position = st.position();
         // Already subscribed: it is receiving live publications; replaying would duplicate.
         let already = client.subscriptions().channels.contains(channel);

@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 
 use crate::hub::client::ClientShared;
+use crate::hub::history::ChannelLog;
 use crate::hub::members::MemberSet;
 use crate::message::channel::ChannelName;
 
@@ -23,6 +24,9 @@ const SHARDS: usize = 64;
 pub(crate) struct Channel {
     pub(crate) name: ChannelName,
     pub(crate) members: MemberSet,
+    /// The channel's history log (in-memory hub, history channels), kept here once looked
+    /// up so that a publish finds it without another map lookup.
+    pub(crate) history: OnceLock<Arc<ChannelLog>>,
 }
 
 type Map = HashMap<ChannelName, Arc<Channel>>;
@@ -88,6 +92,7 @@ impl Registry {
         let channel = Arc::new(Channel {
             name: name.clone(),
             members: MemberSet::new(),
+            history: OnceLock::new(),
         });
         channel.members.insert(client);
         let mut next = Map::clone(&map);
