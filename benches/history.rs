@@ -150,21 +150,47 @@ fn through_redis(c: &mut Criterion) {
         });
     }
     group.finish();
-    // Redis's own CPU per publish: a fixed number of publishes of each kind.
+    // CPU per publish, of this process (the node) and of redis-server, and the wall time: a
+    // fixed number of publishes of each kind, one at a time and from 16 tasks at once.
     const N: u32 = 20_000;
-    for channel in ["plain", "hist:a"] {
-        let before = cpu_seconds(redis.0.id());
-        rt.block_on(async {
-            for _ in 0..N {
-                hub.publish(channel, &msg).await.unwrap();
-                subscriber.drain_detached();
-            }
-        });
-        if let (Some(a), Some(b)) = (before, cpu_seconds(redis.0.id())) {
-            eprintln!(
-                "history_redis: redis-server CPU per publish on {channel:7}: {:.1} µs ({N} publishes)",
-                (b - a) * 1e6 / f64::from(N)
+    for tasks in [1u32, 16] {
+        for channel in ["plain", "hist:a"] {
+            let (node0, redis0, t0) = (
+                cpu_seconds(std::process::id()),
+                cpu_seconds(redis.0.id()),
+                Instant::now(),
             );
+            rt.block_on(async {
+                let workers: Vec<_> = (0..tasks)
+                    .map(|_| {
+                        let (hub, msg) = (hub.clone(), msg.clone());
+                        tokio::spawn(async move {
+                            for _ in 0..N / tasks {
+                                hub.publish(channel, &msg).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.await.unwrap();
+                }
+                subscriber.drain_detached();
+            });
+            let wall = t0.elapsed().as_secs_f64();
+            if let (Some(n0), Some(r0), Some(n1), Some(r1)) = (
+                node0,
+                redis0,
+                cpu_seconds(std::process::id()),
+                cpu_seconds(redis.0.id()),
+            ) {
+                let per = |s: f64| s * 1e6 / f64::from(N);
+                eprintln!(
+                    "history_redis: {tasks:2} publishing task(s), {channel:6}: {:.1} µs wall, node CPU {:.1} µs, redis-server CPU {:.1} µs per publish",
+                    per(wall),
+                    per(n1 - n0),
+                    per(r1 - r0)
+                );
+            }
         }
     }
 }

@@ -349,17 +349,16 @@ async fn redis_history_older_than_the_ttl_is_gone() {
     a.stop().await;
 }
 
-/// Stores publication `data` in `channel`'s Redis history as the broker does, but without
-/// sending it through pub/sub: exactly what a node sees when its subscription was lost while
+/// Stores publication `data` in `channel`'s Redis history as the broker does (the JSON without
+/// its closing brace, which readers complete with the position), but without sending it
+/// through pub/sub: exactly what a node sees when its subscription was lost while
 /// another node published.
 async fn store_without_delivery(redis: &RedisServer, channel: &str, data: u64) {
     const STORE: &str = r#"
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local json = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], offset .. '-0', 'd', json, 't', ms)
+redis.call('XADD', KEYS[2], offset .. '-0', 'd', ARGV[1], 't', ms)
 return offset
 "#;
     let head = format!(

@@ -55,7 +55,8 @@ pub(crate) type ClientCount = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
 
 /// Delivers a message that arrived through the broker to this node's subscribers:
 /// `(channel or None for a broadcast, whether this node published it, payload)`. The payload
-/// is the exact JSON text, preceded by `"<offset> <epoch> "` on channels with history.
+/// is the exact JSON text; on channels with history, `"<offset> <epoch> "` and the JSON
+/// without its closing brace, to which the position is added (`message::history_frame`).
 #[cfg(feature = "redis")]
 pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, &[u8]) + Send + Sync>;
 
@@ -105,13 +106,14 @@ pub(crate) trait Broker: Send + Sync {
         size: usize,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(u64, String), String>>;
-    /// Reads `channel`'s position and up to `limit` publications after `since` that are at
-    /// most `ttl` old.
+    /// Reads `channel`'s position and up to `limit` publications after `since` that are
+    /// within the window: among the last `size` and at most `ttl` old.
     fn read_history<'a>(
         &'a self,
         channel: &'a str,
         since: u64,
         limit: usize,
+        size: usize,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<StoredHistory, String>>;
     /// Counts over every node connected to the broker; `local_clients` is this node's

@@ -36,9 +36,9 @@ local run = believed
 local function actual_run()
   return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 end
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local meta = redis.call('HMGET', KEYS[1], 'e', 'r')
+local epoch, r = meta[1], meta[2]
 if epoch then
-  local r = redis.call('HGET', KEYS[1], 'r')
   if r ~= run then
     run = actual_run()
     if r ~= run then
@@ -51,10 +51,13 @@ end
 }
 
 /// Appends a publication to a channel's history and publishes it, atomically, so offsets
-/// are assigned and delivered in the same order on every node.
+/// are assigned and delivered in the same order on every node. The stream keeps the JSON head
+/// (without its closing brace); nodes complete it with the position (`message::history_frame`),
+/// so the script builds no JSON. The stream is trimmed approximately (`MAXLEN ~`, much cheaper
+/// than exact trimming); reads apply the exact window.
 ///
-/// KEYS: meta hash, stream. ARGV: JSON head (without its closing brace), node id, max length,
-/// TTL in ms, pub/sub channel, believed run id. Returns {offset, epoch, run id}.
+/// KEYS: meta hash, stream. ARGV: JSON head, node id, max length, TTL in ms, pub/sub channel,
+/// believed run id. Publishes `<node id><offset> <epoch> <head>`. Returns {offset, epoch, run id}.
 const PUBLISH_HISTORY: &str = concat!(
     "local believed = ARGV[6]",
     current_epoch!(),
@@ -69,20 +72,19 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'r', run)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local json = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'd', json, 't', ms)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', ARGV[1], 't', ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. json)
+redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
 return {offset, epoch, run}
 "#
 );
 
-/// Reads a channel's position and the publications after an offset that are not older than
-/// the TTL. KEYS: meta hash, stream. ARGV: since, limit, TTL in ms, believed run id.
-/// Returns {epoch or false, offset, {offset, json, ...}, run id}.
+/// Reads a channel's position and the publications after an offset that are within the window
+/// (the last `size`, not older than the TTL). KEYS: meta hash, stream. ARGV: since, limit, TTL
+/// in ms, believed run id, size. Returns {epoch or false, offset, {offset, head, ...}, run id}.
 const READ_HISTORY: &str = concat!(
     "local believed = ARGV[4]",
     current_epoch!(),
@@ -97,7 +99,8 @@ local out = {}
 if tonumber(ARGV[2]) == 0 then
   return {epoch, offset, out, run}
 end
-local entries = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[1]) + 1) .. '-0', '+', 'COUNT', ARGV[2])
+local from = math.max(tonumber(ARGV[1]), offset - tonumber(ARGV[5]))
+local entries = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', '+', 'COUNT', ARGV[2])
 for _, e in ipairs(entries) do
   local fields, d, ts = e[2], nil, nil
   for i = 1, #fields, 2 do
@@ -401,6 +404,7 @@ impl Broker for RedisBroker {
         channel: &'a str,
         since: u64,
         limit: usize,
+        size: usize,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<StoredHistory, String>> {
         Box::pin(async move {
@@ -414,6 +418,7 @@ impl Broker for RedisBroker {
                 .arg(limit)
                 .arg(ttl_ms(ttl))
                 .arg(shard.run_id())
+                .arg(size)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| {
@@ -427,7 +432,10 @@ impl Broker for RedisBroker {
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .ok_or("Redis history: malformed entry id")?;
-                entries.push((offset, bytes::Bytes::copy_from_slice(&pair[1])));
+                let epoch = epoch.as_deref().unwrap_or_default();
+                let mut json = Vec::with_capacity(pair[1].len() + 48 + epoch.len());
+                crate::message::write_history_json(&mut json, &pair[1], offset, epoch);
+                entries.push((offset, bytes::Bytes::from(json)));
             }
             Ok(StoredHistory {
                 epoch,

@@ -720,7 +720,13 @@ impl Hub {
         }
         if let Some(broker) = self.inner.broker.get() {
             let stored = broker
-                .read_history(channel, since, limit, config.history_ttl)
+                .read_history(
+                    channel,
+                    since,
+                    limit,
+                    config.history_size,
+                    config.history_ttl,
+                )
                 .await
                 .map_err(HistoryError::Broker)?;
             return Ok(History {
@@ -852,10 +858,10 @@ impl Hub {
         }
         let hub = self.clone();
         tokio::spawn(async move {
-            let ttl = hub.inner.config.history_ttl;
+            let (size, ttl) = (hub.inner.config.history_size, hub.inner.config.history_ttl);
             let mut stored = Vec::with_capacity(channels.len());
             for channel in channels {
-                if let Ok(h) = broker.read_history(&channel, 0, 0, ttl).await {
+                if let Ok(h) = broker.read_history(&channel, 0, 0, size, ttl).await {
                     stored.push((channel, h));
                 }
             }
@@ -886,13 +892,14 @@ impl Hub {
     }
 
     #[cfg(feature = "redis")]
-    /// A publication on a broker-history channel (`"<offset> <epoch> <json>"`): delivered
+    /// A publication on a broker-history channel (`"<offset> <epoch> <JSON head>"`, completed
+    /// here with its position): delivered
     /// under the channel's node-local lock, held back for clients still recovering. If it
     /// shows that this node missed publications, its subscribers are closed instead, so that
     /// they resume from the stored history (see [`Hub::history_gap`]).
     fn deliver_remote_history(&self, channel: &str, own: bool, payload: &[u8]) {
         let mut fields = payload.splitn(3, |&b| b == b' ');
-        let (Some(offset), Some(epoch), Some(json)) = (fields.next(), fields.next(), fields.next())
+        let (Some(offset), Some(epoch), Some(head)) = (fields.next(), fields.next(), fields.next())
         else {
             return;
         };
@@ -907,7 +914,7 @@ impl Hub {
         let Ok(name) = ChannelName::with_max_len(channel, usize::MAX) else {
             return;
         };
-        let frame = frame::encode_with(frame::OpCode::Text, json.len(), |buf| buf.put_slice(json));
+        let frame = crate::message::history_frame(head, offset, epoch);
         let state = self.remote_state(&name);
         let mut guard = state
             .lock()
@@ -1035,7 +1042,13 @@ impl Hub {
             None => (0, 0),
         };
         let read = broker
-            .read_history(&channel, from, limit, config.history_ttl)
+            .read_history(
+                &channel,
+                from,
+                limit,
+                config.history_size,
+                config.history_ttl,
+            )
             .await;
         let mut st = lock();
         let held = match st.recovering.iter().position(|r| r.client == client.id) {

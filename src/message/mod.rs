@@ -302,9 +302,35 @@ impl Message {
 /// Appends `,"offset":N,"epoch":"E"`.
 pub(crate) fn write_position<B: BufMut>(out: &mut B, offset: u64, epoch: &str) {
     out.put_slice(b",\"offset\":");
-    out.put_slice(offset.to_string().as_bytes());
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = offset;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
     out.put_slice(b",\"epoch\":");
     json::write_string(out, epoch);
+}
+
+/// A publication of a broker-history channel as clients receive it: the JSON `head` the
+/// publisher sent (without its closing `}`), then its position.
+pub(crate) fn history_frame(head: &[u8], offset: u64, epoch: &str) -> Bytes {
+    frame::encode_with(OpCode::Text, head.len() + 48 + epoch.len(), |buf| {
+        write_history_json(buf, head, offset, epoch);
+    })
+}
+
+/// The JSON text of [`history_frame`].
+pub(crate) fn write_history_json<B: BufMut>(out: &mut B, head: &[u8], offset: u64, epoch: &str) {
+    out.put_slice(head);
+    write_position(out, offset, epoch);
+    out.put_u8(b'}');
 }
 
 /// `{"type":"subscribed","channel":C[,"recovered":R],"epoch":E,"offset":N,"timestamp":T}`:
