@@ -8,7 +8,7 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -80,10 +80,10 @@ fn example_client() -> &'static Path {
 struct Lines(mpsc::Receiver<String>);
 
 impl Lines {
-    fn new(stdout: ChildStdout) -> Lines {
+    fn new(output: impl std::io::Read + Send + 'static) -> Lines {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in BufReader::new(output).lines() {
                 let Ok(line) = line else { return };
                 if tx.send(line).is_err() {
                     return;
@@ -99,6 +99,21 @@ impl Lines {
             .recv_timeout(within)
             .expect("a line from the client in time");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+    }
+
+    /// Skips lines until one contains `text`.
+    fn wait_for(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .0
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line with {text:?} in time"));
+            if line.contains(text) {
+                return line;
+            }
+        }
     }
 
     fn expect_silence(&self, d: Duration) {
@@ -344,4 +359,48 @@ async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn the_example_client_prints_every_message_across_a_plain_server_restart() {
+    let client_bin = example_client();
+    let addr = free_addr();
+    let mut server = Some(wshub(addr, &[]));
+    let mut client = Command::new(client_bin)
+        .arg(format!("ws://{addr}/ws"))
+        .arg("news")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the example client");
+    let lines = Lines::new(client.stdout.take().expect("stdout"));
+    let status = Lines::new(client.stderr.take().expect("stderr"));
+    let _client = Proc(client);
+    // "connected" is announced once the server confirmed the subscription.
+    status.wait_for("client: connected to", WAIT);
+    let check = |v: serde_json::Value, n: u64| {
+        assert_eq!(v["type"], "event", "{v}");
+        assert_eq!(v["channel"], "news", "{v}");
+        assert_eq!(v["data"], n, "{v}");
+    };
+    for n in 1..=3 {
+        publish(addr, "news", n).await;
+    }
+    for n in 1..=3 {
+        check(lines.next(WAIT), n);
+    }
+    // The server goes away and comes back on the same address; the client says so on stderr
+    // and subscribes again by itself.
+    drop(server.take());
+    status.wait_for("client: disconnected", WAIT);
+    server = Some(wshub(addr, &[]));
+    status.wait_for("client: reconnected", WAIT * 2);
+    for n in 4..=6 {
+        publish(addr, "news", n).await;
+    }
+    for n in 4..=6 {
+        check(lines.next(WAIT), n);
+    }
+    lines.expect_silence(Duration::from_millis(300));
+    drop(server);
 }

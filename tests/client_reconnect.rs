@@ -106,6 +106,32 @@ async fn connects_and_reports_state() {
 }
 
 #[tokio::test]
+async fn the_state_is_connecting_while_a_handshake_is_under_way() {
+    // A server that accepts TCP connections and never answers the upgrade request.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (client, _events) = start(
+        fast().connect_timeout(Duration::from_secs(30)),
+        &format!("ws://{addr}/ws"),
+    );
+    let (_held, _) = timeout(WAIT, silent.accept())
+        .await
+        .expect("the client dials")
+        .unwrap();
+    eventually("the client waits in its handshake", || {
+        client.state() == State::Connecting
+    })
+    .await;
+    assert!(!client.is_connected());
+    client.close();
+    timeout(WAIT, client.closed())
+        .await
+        .expect("closing ends the pending dial")
+        .expect("closed cleanly");
+    assert_eq!(client.state(), State::Disconnected);
+}
+
+#[tokio::test]
 async fn broadcasts_and_channel_messages_arrive() {
     let server = TestServer::start(Hub::new()).await;
     let (client, mut events) = start(fast(), &server.ws_url());

@@ -191,6 +191,9 @@ async fn malformed_requests_get_an_error_and_the_connection_stays() {
     let server = TestServer::start(Hub::new()).await;
     let hub = &server.hub;
     let mut ws = server.connect().await;
+    // Another client, subscribed where the bad requests point: the errors are not its business.
+    let mut bystander = server.connect().await;
+    subscribe(&mut bystander, "x").await;
     for bad in [
         "not json",
         "[1,2]",
@@ -208,7 +211,16 @@ async fn malformed_requests_get_an_error_and_the_connection_stays() {
         assert!(reason.starts_with("invalid message"), "{bad}: {reason}");
     }
     // Non-string subscribe data names no channel: nothing was subscribed.
-    assert_eq!(hub.channel_count(), 0);
+    assert_eq!(hub.channel_subscriber_count("x"), 1, "only the bystander");
+    assert!(
+        sync_collect(&mut bystander).await.is_empty(),
+        "the errors went to the sender alone"
+    );
+    close(bystander).await;
+    eventually("the bystander's channel is gone", || {
+        hub.channel_count() == 0
+    })
+    .await;
     // Binary frames carry requests too.
     ws.send(tokio_tungstenite::tungstenite::Message::binary(
         br#"{"type":"subscribe","channel":"bin"}"#.to_vec(),
