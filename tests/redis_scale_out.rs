@@ -373,24 +373,57 @@ async fn redis_subscriptions_follow_local_interest() {
 async fn with_two_redis_shards_every_channel_works() {
     let (r1, r2) = (RedisServer::start().await, RedisServer::start().await);
     let urls = [r1.url(), r2.url()];
-    let (a, b) = (node(&urls).await, node(&urls).await);
+    let (a, b) = (chat_node(&urls).await, chat_node(&urls).await);
     let mut ws = a.connect().await;
-    let channels: Vec<String> = (0..40).map(|i| format!("shard-test-{i}")).collect();
-    for c in &channels {
+    // 40 plain channels and 10 with history (kept on whichever shard their name maps to).
+    let plain: Vec<String> = (0..40).map(|i| format!("shard-test-{i}")).collect();
+    let history: Vec<String> = (0..10).map(|i| format!("chat:h{i}")).collect();
+    for c in &plain {
         subscribe(&mut ws, c).await;
     }
+    for c in &history {
+        send(
+            &mut ws,
+            &format!(r#"{{"type":"subscribe","channel":"{c}"}}"#),
+        )
+        .await;
+        assert_eq!(recv_json(&mut ws).await["type"], "subscribed");
+    }
     let (n1, n2) = (r1.channels().await.len(), r2.channels().await.len());
-    assert_eq!(n1 + n2, 41, "40 channels plus the broadcast channel");
+    assert_eq!(n1 + n2, 51, "50 channels plus the broadcast channel");
     assert!(
         n1 > 5 && n2 > 5,
         "channels are spread over both shards: {n1} / {n2}"
     );
-    for (i, c) in channels.iter().enumerate() {
+    for (i, c) in plain.iter().chain(&history).enumerate() {
         b.hub.publish(c, &numbered(i)).await.unwrap();
     }
-    let mut got = numbers(&mut ws, 40).await;
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let v = recv_json(&mut ws).await;
+        let (channel, n) = (v["channel"].as_str().unwrap(), v["data"].as_u64().unwrap());
+        if channel.starts_with("chat:h") {
+            assert_eq!(v["offset"], 1, "{v}");
+        }
+        got.push(n);
+    }
     got.sort_unstable();
-    assert_eq!(got, (0..40).collect::<Vec<u64>>());
+    assert_eq!(got, (0..50).collect::<Vec<u64>>());
+    let mut streams = Vec::new();
+    for r in [&r1, &r2] {
+        match r.query(&["KEYS", "wshub:h:*"]).await.unwrap() {
+            redis::Value::Array(keys) => streams.push(keys.len()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(streams.iter().sum::<usize>(), 10, "{streams:?}");
+    assert!(
+        streams.iter().all(|&n| n > 0),
+        "history on both shards: {streams:?}"
+    );
+    // A broadcast goes through the first shard and reaches the other node's client.
+    b.hub.broadcast(&numbered(99)).await.unwrap();
+    assert_eq!(numbers(&mut ws, 1).await, [99]);
     close(ws).await;
     a.stop().await;
     b.stop().await;
