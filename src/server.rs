@@ -253,7 +253,7 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
         }
         ("/metrics", Method::GET) => match authorize(&req, config) {
             Some(refused) => refused,
-            None => metrics(hub),
+            None => metrics(hub).await,
         },
         ("/api/publish" | "/api/broadcast" | "/api/stats" | "/api/history", method) => {
             if let Some(resp) = authorize(&req, config) {
@@ -517,8 +517,10 @@ async fn api_stats(hub: &Hub) -> Response<Body> {
     )
 }
 
-/// `GET /metrics`: the stats and counters in the Prometheus text format (version 0.0.4).
-fn metrics(hub: &Hub) -> Response<Body> {
+/// `GET /metrics`: the stats and counters in the Prometheus text format (version 0.0.4); with
+/// a broker also the cluster counts (one broker round trip; left out when the broker does not
+/// answer).
+async fn metrics(hub: &Hub) -> Response<Body> {
     use std::fmt::Write as _;
     let stats = hub.stats();
     let c = hub.counters();
@@ -640,8 +642,31 @@ fn metrics(hub: &Hub) -> Response<Body> {
             as_u64(b.shards),
         ),
     ];
+    let cluster = match hub.cluster_stats().await {
+        Ok(Some(c)) => vec![
+            (
+                "cluster_nodes",
+                "gauge",
+                "Nodes connected to the broker.",
+                as_u64(c.nodes),
+            ),
+            (
+                "cluster_channels",
+                "gauge",
+                "Channels with a subscriber on some node.",
+                as_u64(c.channels),
+            ),
+            (
+                "cluster_clients",
+                "gauge",
+                "Clients connected to any node (other nodes' shares up to 0.25 s old).",
+                as_u64(c.clients),
+            ),
+        ],
+        _ => Vec::new(),
+    };
     let mut out = String::with_capacity(4096);
-    for (name, kind, help, value) in rows {
+    for (name, kind, help, value) in rows.into_iter().chain(cluster) {
         let _ = writeln!(
             out,
             "# HELP wshub_{name} {help}\n# TYPE wshub_{name} {kind}\nwshub_{name} {value}"

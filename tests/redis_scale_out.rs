@@ -276,6 +276,16 @@ async fn cluster_stats_count_nodes_channels_and_clients_over_every_node() {
         serde_json::json!({"nodes": 2, "channels": 4, "clients": 2}),
         "{v}"
     );
+    // ... and so does /metrics.
+    let metrics = http_full(b.addr, "GET", "/metrics", &[], b"").await;
+    let text = &metrics.body;
+    for line in [
+        "wshub_cluster_nodes 2",
+        "wshub_cluster_channels 4",
+        "wshub_cluster_clients 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
     // More clients on b: b's own share is exact at once, and a sees them after b's report.
     let more_on_b = [b.connect().await, b.connect().await];
     eventually("b counts its new clients", || b.hub.client_count() == 3).await;
