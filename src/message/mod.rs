@@ -320,6 +320,7 @@ pub(crate) fn write_position<B: BufMut>(out: &mut B, offset: u64, epoch: &str) {
 
 /// A publication of a broker-history channel as clients receive it: the JSON `head` the
 /// publisher sent (without its closing `}`), then its position.
+#[cfg(feature = "redis")]
 pub(crate) fn history_frame(head: &[u8], offset: u64, epoch: &str) -> Bytes {
     frame::encode_with(OpCode::Text, head.len() + 48 + epoch.len(), |buf| {
         write_history_json(buf, head, offset, epoch);
@@ -327,6 +328,7 @@ pub(crate) fn history_frame(head: &[u8], offset: u64, epoch: &str) -> Bytes {
 }
 
 /// The JSON text of [`history_frame`].
+#[cfg(feature = "redis")]
 pub(crate) fn write_history_json<B: BufMut>(out: &mut B, head: &[u8], offset: u64, epoch: &str) {
     out.put_slice(head);
     write_position(out, offset, epoch);
