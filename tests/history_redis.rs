@@ -133,15 +133,15 @@ async fn a_client_cut_repeatedly_resumes_on_any_node_without_loss() {
 }
 
 #[tokio::test]
-async fn the_subscribers_node_restarts_while_publishing_continues_elsewhere() {
-    /// Publications made at a steady pace, before, during and after the restart.
-    const TOTAL: u64 = 400;
-    /// Received on the first node before it goes away.
-    const BEFORE: u64 = 50;
+async fn the_subscribers_node_restarts_repeatedly_while_publishing_continues_elsewhere() {
+    /// Publications made at a steady pace, before, during and after the restarts.
+    const TOTAL: u64 = 600;
+    /// The subscriber's node goes away after the client received these offsets.
+    const CUTS: [u64; 3] = [50, 200, 350];
     let redis = RedisServer::start().await;
     let publisher_node = node(&redis, 1000).await;
-    let first = node(&redis, 1000).await;
-    let mut ws = first.connect().await;
+    let mut server = node(&redis, 1000).await;
+    let mut ws = server.connect().await;
     subscribe_at(&mut ws, "feed:restart", None).await;
     let hub = publisher_node.hub.clone();
     let publishing = tokio::spawn(async move {
@@ -150,28 +150,36 @@ async fn the_subscribers_node_restarts_while_publishing_continues_elsewhere() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
-    let mut last = None;
-    for i in 1..=BEFORE {
-        let v = recv_json(&mut ws).await;
-        assert_eq!(v["offset"].as_u64(), Some(i));
-        last = Some((i, v["epoch"].as_str().unwrap().to_owned()));
+    let mut received = 0;
+    let mut epoch = String::new();
+    for cut in CUTS {
+        while received < cut {
+            let v = recv_json(&mut ws).await;
+            received += 1;
+            assert_eq!(v["offset"].as_u64(), Some(received), "gap or duplicate");
+            epoch = v["epoch"].as_str().unwrap().to_owned();
+        }
+        drop(ws);
+        server.stop().await; // the subscriber's node goes away while publishing goes on...
+        server = node(&redis, 1000).await; // ...and a new one comes up
+        ws = server.connect().await;
+        let answer = subscribe_at(&mut ws, "feed:restart", Some((received, &epoch))).await;
+        assert_eq!(
+            answer["recovered"], true,
+            "after offset {received}: {answer}"
+        );
     }
-    drop(ws);
-    first.stop().await; // the subscriber's node goes away while publishing goes on...
-    let second = node(&redis, 1000).await; // ...and a new one comes up
-    let mut ws = second.connect().await;
-    let (offset, epoch) = last.unwrap();
-    let answer = subscribe_at(&mut ws, "feed:restart", Some((offset, &epoch))).await;
-    assert_eq!(answer["recovered"], true, "{answer}");
-    // Everything after the position, once each and in order, whether it was missed during
-    // the restart, raced the resume or came live afterwards.
-    for i in BEFORE + 1..=TOTAL {
-        assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(i));
+    // Everything after each position, once each and in order, whether it was missed during a
+    // restart, raced the resume or came live afterwards.
+    while received < TOTAL {
+        let v = recv_json(&mut ws).await;
+        received += 1;
+        assert_eq!(v["offset"].as_u64(), Some(received), "gap or duplicate");
     }
     publishing.await.unwrap();
     expect_silence(&mut ws, Duration::from_millis(200)).await;
     close(ws).await;
-    second.stop().await;
+    server.stop().await;
     publisher_node.stop().await;
 }
 
