@@ -544,3 +544,73 @@ async fn a_redis_restored_from_an_older_snapshot_starts_a_new_epoch_and_reuses_n
     close(ws).await;
     a.stop().await;
 }
+
+#[tokio::test]
+async fn history_that_expires_while_a_node_listens_is_no_gap() {
+    let redis = RedisServer::start().await;
+    let a = node_with(&redis, config(100).history_ttl(Duration::from_secs(1))).await;
+    let (mut ws, epoch) = subscribed_through_3(&a, "feed:ttl").await;
+    // Quiet for longer than the TTL: Redis forgets the channel's history and epoch.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while redis.query(&["EXISTS", "wshub:m:feed:ttl"]).await.unwrap() != redis::Value::Int(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the history never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.hub.publish("feed:ttl", &numbered(4)).await.unwrap();
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["offset"].as_u64(), v["data"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_ne!(
+        v["epoch"],
+        epoch.as_str(),
+        "a new epoch, and the subscriber stays"
+    );
+    assert_eq!(a.hub.counters().history_gaps, 0);
+    close(ws).await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_subscribed_again_through_the_library_is_no_gap() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let b = node(&redis, 100).await;
+    let (mut first, _) = subscribed_through_3(&a, "feed:again").await;
+    // The last local subscriber leaves; the node unsubscribes; publishing goes on elsewhere.
+    send(
+        &mut first,
+        r#"{"type":"unsubscribe","channel":"feed:again"}"#,
+    )
+    .await;
+    sync(&mut first).await;
+    for i in 4..=6 {
+        b.hub.publish("feed:again", &numbered(i)).await.unwrap();
+    }
+    // A new subscriber through the library (no stored position read).
+    let (mut ws, id) = a.connect_client().await;
+    a.hub.client(id).unwrap().subscribe("feed:again").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !redis
+        .channels()
+        .await
+        .iter()
+        .any(|c| c.ends_with("c:feed:again"))
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 7..=8 {
+        b.hub.publish("feed:again", &numbered(i)).await.unwrap();
+        assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(i));
+    }
+    assert_eq!(a.hub.counters().history_gaps, 0);
+    close(ws).await;
+    close(first).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -684,3 +684,35 @@ async fn history_publishes_from_one_client_stay_in_order_across_script_reloads()
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn every_subscriber_waits_for_the_channels_redis_subscription_not_only_the_first() {
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let mut first = a.connect().await;
+    let mut second = a.connect().await;
+    // Redis holds every command for a while: node A's SUBSCRIBE too.
+    redis
+        .query(&["CLIENT", "PAUSE", "500", "ALL"])
+        .await
+        .unwrap();
+    let paused = tokio::time::Instant::now();
+    send(&mut first, r#"{"type":"subscribe","channel":"slow"}"#).await;
+    tokio::time::sleep(Duration::from_millis(50)).await; // the channel exists now
+    subscribe(&mut second, "slow").await; // answered (its ping) once the subscription is active
+    assert!(
+        paused.elapsed() >= Duration::from_millis(400),
+        "the second subscriber was answered before Redis confirmed ({:?})",
+        paused.elapsed()
+    );
+    sync(&mut first).await;
+    // Both are subscribed in Redis now: a publish on another node reaches both.
+    b.hub.publish("slow", &numbered(1)).await.unwrap();
+    assert_eq!(numbers(&mut first, 1).await, [1]);
+    assert_eq!(numbers(&mut second, 1).await, [1]);
+    close(first).await;
+    close(second).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -39,7 +39,7 @@ pub(crate) mod redis;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-#[cfg(feature = "redis")]
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,11 +54,13 @@ use crate::error::ConfigError;
 pub(crate) type ClientCount = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
 
 /// Delivers a message that arrived through the broker to this node's subscribers:
-/// `(channel or None for a broadcast, whether this node published it, payload)`. The payload
-/// is the exact JSON text; on channels with history, `"<offset> <epoch> "` and the JSON
-/// without its closing brace, to which the position is added (`message::history_frame`).
+/// `(channel or None for a broadcast, whether this node published it, link generation,
+/// payload)`. The link generation counts the connections of the channel's shard: messages of
+/// one generation came through one unbroken subscription. The payload is the exact JSON text;
+/// on channels with history, `"<offset> <epoch> "` and the JSON without its closing brace, to
+/// which the position is added (`message::history_frame`).
 #[cfg(feature = "redis")]
-pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, &[u8]) + Send + Sync>;
+pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, u64, &[u8]) + Send + Sync>;
 
 /// Told, after the broker lost and re-established its subscriptions, which channels were
 /// re-subscribed: whatever other nodes published on them in between never reached this node.
@@ -67,6 +69,40 @@ pub(crate) type Resubscribed = Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// A boxed future borrowing from the broker.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A channel's broker subscription on its way to being active. Every local subscriber that
+/// joins meanwhile waits for it, not only the one whose join created the channel: until then,
+/// publications from other nodes do not reach this node.
+#[derive(Debug, Default)]
+pub(crate) struct Activation {
+    done: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Activation {
+    /// The subscription is active (or recorded, to take effect when the broker is back).
+    #[cfg(feature = "redis")]
+    pub(crate) fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Activation::finish`] was called.
+    pub(crate) async fn wait(self: Arc<Self>) {
+        loop {
+            // Registered before the check: a `finish` in between still wakes it.
+            let notified = self.notify.notified();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// What the broker holds of a channel's history.
 #[derive(Debug, Clone, Default)]
@@ -88,8 +124,10 @@ pub(crate) trait Broker: Send + Sync {
         json: &'a [u8],
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
     /// The first local subscriber joined `channel`. Called under the channel registry's lock,
-    /// so it only queues the request; the future resolves once the subscription is active.
-    fn subscribe(&self, channel: &str) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    /// so it only queues the request; the activation finishes once the subscription is active.
+    fn subscribe(&self, channel: &str) -> Arc<Activation>;
+    /// The generation of the link that delivers `channel` now (see [`Deliver`]).
+    fn generation(&self, channel: &str) -> u64;
     /// The last local subscriber left `channel` (called under the registry's lock).
     fn unsubscribe(&self, channel: &str);
     /// Counters since the broker started.

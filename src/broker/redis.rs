@@ -13,7 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver, RedisConfig,
+    Activation, BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver, RedisConfig,
     Resubscribed, Ring, StoredHistory,
 };
 
@@ -172,45 +172,57 @@ struct Shard {
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
     /// The run id of this shard's Redis process, as the history scripts last reported it
-    /// (empty until the first one ran, and again whenever the connection to Redis was lost:
-    /// the process may have restarted).
+    /// (empty until the first one ran, and again whenever a connection to Redis failed: the
+    /// process may have restarted).
     run_id: RunId,
+    /// Connections of the subscriber so far (see [`Deliver`]).
+    generation: Arc<AtomicU64>,
 }
 
-/// See [`Shard::run_id`].
-type RunId = Arc<std::sync::Mutex<String>>;
+/// See [`Shard::run_id`]: the run id, and how often it was forgotten (a script's answer is
+/// learnt only if nothing was forgotten since the script was sent).
+type RunId = Arc<std::sync::Mutex<(String, u64)>>;
 
 /// Forgets the run id: the next history script looks the process's up.
 fn forget_run_id(run_id: &RunId) {
-    run_id
+    let mut known = run_id
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clear();
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.0.clear();
+    known.1 += 1;
 }
 
 impl Shard {
-    fn run_id(&self) -> String {
+    /// The run id to send with a script, and the token to learn its answer with.
+    fn run_id(&self) -> (String, u64) {
         self.run_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    fn learn_run_id(&self, run: String) {
+    /// Records the run id a script reported, unless the connection failed since it was sent
+    /// (the answer may come from a process that is gone).
+    fn learn_run_id(&self, run: String, token: u64) {
         let mut known = self
             .run_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *known != run {
-            *known = run;
+        if known.1 == token && known.0 != run {
+            known.0 = run;
         }
+    }
+
+    /// A command on the publishing connection failed: Redis may be restarting.
+    fn failed(&self) {
+        forget_run_id(&self.run_id);
     }
 }
 
 enum Command {
-    /// Subscribe (if not already); the sender fires once the subscription is active, or
-    /// once it is recorded for re-subscription if Redis is unreachable.
-    Subscribe(String, oneshot::Sender<()>),
+    /// Subscribe (if not already); the activation finishes once the subscription is active,
+    /// or once it is recorded for re-subscription if Redis is unreachable.
+    Subscribe(String, Arc<Activation>),
     Unsubscribe(String),
 }
 
@@ -260,6 +272,7 @@ impl RedisBroker {
             let (tx, rx) = mpsc::unbounded_channel();
             let connected = Arc::new(AtomicBool::new(false));
             let run_id = RunId::default();
+            let generation = Arc::new(AtomicU64::new(0));
             let (ready_tx, ready_rx) = oneshot::channel();
             let task = Subscriber {
                 client,
@@ -272,6 +285,7 @@ impl RedisBroker {
                 timeout: config.timeout,
                 connected: Arc::clone(&connected),
                 run_id: Arc::clone(&run_id),
+                generation: Arc::clone(&generation),
                 counters: Arc::clone(&counters),
             };
             tokio::spawn(task.run(pubsub, ready_tx));
@@ -282,10 +296,12 @@ impl RedisBroker {
                 commands: tx,
                 connected,
                 run_id,
+                generation,
             });
         }
         let census = Arc::new(Census {
             conn: shards[0].publisher.clone(),
+            run_id: Arc::clone(&shards[0].run_id),
             report: redis::Script::new(REPORT_NODE),
             count: redis::Script::new(COUNT_CLIENTS),
             node: hex(&node),
@@ -348,19 +364,31 @@ impl Broker for RedisBroker {
                 .arg(payload)
                 .query_async(&mut conn)
                 .await;
+            if result.is_err() {
+                shard.failed();
+            }
             self.counted(result).map(drop)
         })
     }
 
-    fn subscribe(&self, channel: &str) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+    fn subscribe(&self, channel: &str) -> Arc<Activation> {
         let (shard, name) = self.route(Some(channel));
-        let (tx, rx) = oneshot::channel();
-        let sent = shard.commands.send(Command::Subscribe(name, tx)).is_ok();
-        Box::pin(async move {
-            if sent {
-                let _ = rx.await;
-            }
-        })
+        let activation = Arc::new(Activation::default());
+        if shard
+            .commands
+            .send(Command::Subscribe(name, Arc::clone(&activation)))
+            .is_err()
+        {
+            activation.finish(); // the subscriber task is gone: nothing to wait for
+        }
+        activation
+    }
+
+    fn generation(&self, channel: &str) -> u64 {
+        self.route(Some(channel))
+            .0
+            .generation
+            .load(Ordering::Acquire)
     }
 
     fn unsubscribe(&self, channel: &str) {
@@ -378,6 +406,7 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let (shard, pubsub) = self.route(Some(channel));
             let mut conn = shard.publisher.clone();
+            let (believed, token) = shard.run_id();
             let result: redis::RedisResult<(u64, String, String)> = self
                 .publish_history
                 .key(format!("{}m:{channel}", self.prefix))
@@ -387,14 +416,14 @@ impl Broker for RedisBroker {
                 .arg(size)
                 .arg(ttl_ms(ttl))
                 .arg(pubsub)
-                .arg(shard.run_id())
+                .arg(believed)
                 .invoke_async(&mut conn)
                 .await;
             if result.is_err() {
-                forget_run_id(&shard.run_id);
+                shard.failed();
             }
             let (offset, epoch, run) = self.counted(result)?;
-            shard.learn_run_id(run);
+            shard.learn_run_id(run, token);
             Ok((offset, epoch))
         })
     }
@@ -410,6 +439,7 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let (shard, _) = self.route(Some(channel));
             let mut conn = shard.publisher.clone();
+            let (believed, token) = shard.run_id();
             let (epoch, offset, flat, run): (Option<String>, u64, Vec<Vec<u8>>, String) = self
                 .read_history
                 .key(format!("{}m:{channel}", self.prefix))
@@ -417,15 +447,15 @@ impl Broker for RedisBroker {
                 .arg(since)
                 .arg(limit)
                 .arg(ttl_ms(ttl))
-                .arg(shard.run_id())
+                .arg(believed)
                 .arg(size)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| {
-                    forget_run_id(&shard.run_id);
+                    shard.failed();
                     format!("Redis history read failed: {e}")
                 })?;
-            shard.learn_run_id(run);
+            shard.learn_run_id(run, token);
             let mut entries = Vec::with_capacity(flat.len() / 2);
             for pair in flat.chunks_exact(2) {
                 let offset = std::str::from_utf8(&pair[0])
@@ -450,7 +480,12 @@ impl Broker for RedisBroker {
             // Every node subscribes to the broadcast channel (on the first shard), and a node
             // subscribes to a channel while it has local subscribers: Redis's own pub/sub
             // bookkeeping holds both counts.
-            let failed = |e: redis::RedisError| format!("Redis: {e}");
+            let failed = |e: redis::RedisError| {
+                for shard in &self.shards {
+                    shard.failed();
+                }
+                format!("Redis: {e}")
+            };
             let mut conn = self.shards[0].publisher.clone();
             let (_, nodes): (String, usize) = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
@@ -521,6 +556,8 @@ struct Subscriber {
     timeout: Duration,
     connected: Arc<AtomicBool>,
     run_id: RunId,
+    /// Incremented at every connection; passed with each message (see [`Deliver`]).
+    generation: Arc<AtomicU64>,
     counters: Arc<Counters>,
 }
 
@@ -546,6 +583,7 @@ impl Subscriber {
                 continue;
             };
             let (mut sink, mut stream) = conn.split();
+            self.generation.fetch_add(1, Ordering::AcqRel);
             let all: Vec<&String> = self.desired.iter().collect();
             if !all.is_empty() && sink.subscribe(all).await.is_err() {
                 continue;
@@ -571,13 +609,21 @@ impl Subscriber {
             }
             backoff = MIN_BACKOFF;
             loop {
+                // Messages first: those that arrived before an unsubscribe's answer are
+                // delivered before the next command, so none of an old subscription arrives
+                // after a new one of the same channel is active.
                 tokio::select! {
+                    biased;
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
+                        None => break,
+                    },
                     cmd = self.rx.recv() => match cmd {
                         None => return, // the broker was dropped
-                        Some(Command::Subscribe(name, ack)) => {
+                        Some(Command::Subscribe(name, activation)) => {
                             let ok = !self.desired.insert(name.clone())
                                 || sink.subscribe(&name).await.is_ok();
-                            let _ = ack.send(());
+                            activation.finish();
                             if !ok {
                                 break;
                             }
@@ -587,10 +633,6 @@ impl Subscriber {
                                 break;
                             }
                         }
-                    },
-                    msg = stream.next() => match msg {
-                        Some(msg) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
-                        None => break,
                     },
                 }
             }
@@ -613,9 +655,9 @@ impl Subscriber {
                 () = &mut sleep => return true,
                 cmd = self.rx.recv() => match cmd {
                     None => return false,
-                    Some(Command::Subscribe(name, ack)) => {
+                    Some(Command::Subscribe(name, activation)) => {
                         self.desired.insert(name);
-                        let _ = ack.send(());
+                        activation.finish();
                     }
                     Some(Command::Unsubscribe(name)) => {
                         self.desired.remove(&name);
@@ -643,7 +685,8 @@ impl Subscriber {
         if !own {
             self.counters.received.fetch_add(1, Ordering::Relaxed);
         }
-        (self.deliver)(channel, own, rest);
+        let generation = self.generation.load(Ordering::Acquire);
+        (self.deliver)(channel, own, generation, rest);
     }
 }
 
@@ -651,6 +694,8 @@ impl Subscriber {
 /// record expires, and a hash of their counts.
 struct Census {
     conn: ConnectionManager,
+    /// The first shard's run id, forgotten when a report fails (see [`Shard::run_id`]).
+    run_id: RunId,
     report: redis::Script,
     count: redis::Script,
     node: String,
@@ -673,7 +718,13 @@ impl Census {
             };
             let due = reported.is_none_or(|(last, at)| last != n || now - at >= REPORT_INTERVAL);
             if due {
-                reported = self.report(n).await.ok().map(|()| (n, now));
+                reported = match self.report(n).await {
+                    Ok(()) => Some((n, now)),
+                    Err(_) => {
+                        forget_run_id(&self.run_id);
+                        None
+                    }
+                };
             }
         }
     }

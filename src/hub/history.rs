@@ -222,18 +222,12 @@ pub(crate) struct Recovering {
 pub(crate) struct UnmarkRecovering {
     pub(crate) state: Arc<Mutex<RemoteState>>,
     pub(crate) client: u64,
-    /// The client was the first local subscriber, whose read sets the node's position.
-    pub(crate) seeding: bool,
 }
 
 impl Drop for UnmarkRecovering {
     fn drop(&mut self) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.recovering.retain(|r| r.client != self.client);
-        if self.seeding {
-            // Dropped before its read (the connection ended): live publications set it.
-            st.seeding = false;
-        }
     }
 }
 
@@ -246,18 +240,38 @@ pub(crate) struct RemoteState {
     /// live copies of those that arrive late are skipped for it. Removed at the first newer
     /// publication.
     pub(crate) caught_up_to: Vec<(u64, u64)>,
-    /// The position this node's subscribers have reached: (epoch, offset) of the newest
-    /// publication delivered live, or read from the stored history when the node subscribed
-    /// in the broker. A live publication further on than the next offset, or in another epoch,
-    /// means this node missed some (its broker subscription was lost for a while).
-    pub(crate) last: Option<(Arc<str>, u64)>,
-    /// The first local subscriber has joined and not yet read the stored history.
-    pub(crate) seeding: bool,
+    /// The position this node's subscribers have reached: the newest publication delivered
+    /// live, or the stored position a subscriber read. A live publication further on than the
+    /// next offset, or in another epoch, means this node missed some (its broker subscription
+    /// was lost for a while); see `Hub::deliver_remote_history`.
+    pub(crate) last: Option<LivePosition>,
+}
+
+/// See [`RemoteState::last`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LivePosition {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+    /// The broker connection it came through (see `broker::Deliver`).
+    pub(crate) generation: u64,
+    /// The local channel instance it belongs to (`registry::Channel::instance`).
+    pub(crate) instance: u64,
+}
+
+impl LivePosition {
+    pub(crate) fn new(epoch: &str, offset: u64, generation: u64, instance: u64) -> Self {
+        LivePosition {
+            epoch: Arc::from(epoch),
+            offset,
+            generation,
+            instance,
+        }
+    }
 }
 
 impl RemoteState {
     fn is_idle(&self) -> bool {
-        self.recovering.is_empty() && self.caught_up_to.is_empty() && !self.seeding
+        self.recovering.is_empty() && self.caught_up_to.is_empty()
     }
 }
 
@@ -433,7 +447,7 @@ mod tests {
         let live = |c: &str| c.starts_with("live");
         let held = remote.channel(&name("held"), |_| false);
         let kept = remote.channel(&name("live"), live);
-        kept.lock().unwrap().last = Some((Arc::from("e"), 7));
+        kept.lock().unwrap().last = Some(LivePosition::new("e", 7, 1, 1));
         remote
             .channel(&name("recovering"), live)
             .lock()
@@ -450,7 +464,10 @@ mod tests {
         assert!(remote.len() <= 64, "{} entries kept", remote.len());
         assert!(Arc::ptr_eq(&held, &remote.channel(&name("held"), live)));
         let st = remote.channel(&name("live"), live);
-        assert_eq!(st.lock().unwrap().last, Some((Arc::from("e"), 7)));
+        assert_eq!(
+            st.lock().unwrap().last,
+            Some(LivePosition::new("e", 7, 1, 1))
+        );
         let st = remote.channel(&name("recovering"), live);
         assert_eq!(st.lock().unwrap().recovering.len(), 1);
     }

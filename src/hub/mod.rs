@@ -50,6 +50,15 @@ const GAP_SETTLE: Duration = Duration::from_millis(500);
 /// subscription being confirmed).
 pub(crate) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
+/// The outcome of [`Hub::subscribe_shared`].
+pub(crate) struct Subscribed {
+    /// The client was not subscribed yet.
+    pub(crate) added: bool,
+    /// Resolves once the channel's broker subscription is active (`None`: it is, or there is
+    /// no broker).
+    pub(crate) pending: Option<Pending>,
+}
+
 type ConnectHook = Arc<dyn Fn(&Client) + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Client, &DisconnectReason) + Send + Sync>;
 type MessageHook = Arc<dyn Fn(&Client, IncomingMessage) + Send + Sync>;
@@ -449,11 +458,12 @@ impl HubBuilder {
             }
             .build_unconnected()?;
             let weak = Arc::downgrade(&hub.inner);
-            let deliver: crate::broker::Deliver = Arc::new(move |channel, own, payload| {
-                if let Some(inner) = weak.upgrade() {
-                    Hub { inner }.deliver_remote(channel, own, payload);
-                }
-            });
+            let deliver: crate::broker::Deliver =
+                Arc::new(move |channel, own, generation, payload| {
+                    if let Some(inner) = weak.upgrade() {
+                        Hub { inner }.deliver_remote(channel, own, generation, payload);
+                    }
+                });
             let weak = Arc::downgrade(&hub.inner);
             let resubscribed: crate::broker::Resubscribed = Arc::new(move |channels| {
                 if let Some(inner) = weak.upgrade() {
@@ -784,9 +794,15 @@ impl Hub {
     /// `own` messages were published here: already delivered, except on history channels,
     /// whose publications every node (this one included) delivers in the broker's offset
     /// order.
-    pub(crate) fn deliver_remote(&self, channel: Option<&str>, own: bool, payload: &[u8]) {
+    pub(crate) fn deliver_remote(
+        &self,
+        channel: Option<&str>,
+        own: bool,
+        generation: u64,
+        payload: &[u8],
+    ) {
         if let Some(c) = channel.filter(|c| self.inner.config.has_history(c)) {
-            self.deliver_remote_history(c, own, payload);
+            self.deliver_remote_history(c, own, generation, payload);
             return;
         }
         if !own {
@@ -876,15 +892,22 @@ impl Hub {
                 let mut st = state
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if st.seeding {
+                let Some(ch) = hub.inner.channels.get(&channel) else {
                     continue;
-                }
-                let behind = match &st.last {
-                    Some((e, offset)) => **e != *epoch || *offset < h.offset,
-                    None => h.offset > 0,
                 };
-                if behind {
-                    st.last = Some((Arc::from(epoch), h.offset));
+                // Without a position for this channel instance (nobody read the stored one,
+                // nothing arrived live) there is nothing to compare with.
+                let Some(last) = st.last.as_ref().filter(|l| l.instance == ch.instance) else {
+                    continue;
+                };
+                if *last.epoch != *epoch || last.offset < h.offset {
+                    let generation = broker.generation(&channel);
+                    st.last = Some(history::LivePosition::new(
+                        &epoch,
+                        h.offset,
+                        generation,
+                        ch.instance,
+                    ));
                     hub.history_gap(&channel, &mut st);
                 }
             }
@@ -893,11 +916,18 @@ impl Hub {
 
     #[cfg(feature = "redis")]
     /// A publication on a broker-history channel (`"<offset> <epoch> <JSON head>"`, completed
-    /// here with its position): delivered
-    /// under the channel's node-local lock, held back for clients still recovering. If it
-    /// shows that this node missed publications, its subscribers are closed instead, so that
-    /// they resume from the stored history (see [`Hub::history_gap`]).
-    fn deliver_remote_history(&self, channel: &str, own: bool, payload: &[u8]) {
+    /// here with its position): delivered under the channel's node-local lock, held back for
+    /// clients still recovering. If it shows that this node missed publications, the
+    /// channel's subscribers are closed instead, so that they resume from the stored history
+    /// (see [`Hub::history_gap`]).
+    ///
+    /// The node's position ([`history::RemoteState::last`]) belongs to one instance of the
+    /// local channel and starts once the channel's broker subscription is active (before
+    /// that, what arrives may still come from an earlier subscription). After it, within one
+    /// epoch, offsets must follow each other; a new epoch is no gap only when it starts at
+    /// offset 1 and came through the same unbroken broker connection (the history expired or
+    /// was flushed while this node was listening).
+    fn deliver_remote_history(&self, channel: &str, own: bool, generation: u64, payload: &[u8]) {
         let mut fields = payload.splitn(3, |&b| b == b' ');
         let (Some(offset), Some(epoch), Some(head)) = (fields.next(), fields.next(), fields.next())
         else {
@@ -920,15 +950,26 @@ impl Hub {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let st = &mut *guard;
-        match &st.last {
-            // Until the first subscriber's read of the stored history sets the position,
-            // what arrives is only recorded (it may still be from an earlier subscription).
-            _ if st.seeding => {}
-            // Late live copies of what the stored history already showed: nothing missed.
-            Some((e, last)) if **e == *epoch && offset <= last + 1 => {}
-            None => {}
-            Some(_) => {
-                st.last = Some((Arc::from(epoch), offset));
+        let ch = self.inner.channels.get(channel);
+        let tracked = ch
+            .as_ref()
+            .filter(|ch| ch.activation.as_ref().is_none_or(|a| a.is_done()));
+        if let Some(ch) = tracked {
+            let gap = st.last.as_ref().is_some_and(|last| {
+                last.instance == ch.instance
+                    && if *last.epoch == *epoch {
+                        offset > last.offset + 1
+                    } else {
+                        offset != 1 || generation != last.generation
+                    }
+            });
+            if gap {
+                st.last = Some(history::LivePosition::new(
+                    epoch,
+                    offset,
+                    generation,
+                    ch.instance,
+                ));
                 self.history_gap(channel, st);
                 drop(guard);
                 if own {
@@ -938,10 +979,19 @@ impl Hub {
                 }
                 return;
             }
-        }
-        match &st.last {
-            Some((e, last)) if **e == *epoch && offset <= *last => {}
-            _ => st.last = Some((Arc::from(epoch), offset)),
+            let newer = st.last.as_ref().is_none_or(|last| {
+                last.instance != ch.instance || *last.epoch != *epoch || offset > last.offset
+            });
+            if newer {
+                st.last = Some(history::LivePosition::new(
+                    epoch,
+                    offset,
+                    generation,
+                    ch.instance,
+                ));
+            } else if let Some(last) = &mut st.last {
+                last.generation = generation;
+            }
         }
         // Clients that read the stored history further than this node's live stream has got:
         // done once a newer publication arrives.
@@ -952,7 +1002,7 @@ impl Hub {
             }
             offset < upto
         });
-        let report = match self.inner.channels.get(channel) {
+        let report = match &ch {
             Some(ch) if st.recovering.is_empty() && skip.is_empty() => {
                 self.deliver_to(&ch.members.load(), &frame)
             }
@@ -1004,36 +1054,31 @@ impl Hub {
         let joined = {
             let mut st = lock();
             let joined = self.subscribe_shared(&client, &channel);
-            if let Ok((true, wait)) = &joined {
+            if joined.as_ref().is_ok_and(|j| j.added) {
                 st.recovering.push(history::Recovering {
                     client: client.id,
                     held: Vec::new(),
                 });
-                if wait.is_some() {
-                    // The first local subscriber: this node's position restarts from the
-                    // stored history it is about to read.
-                    st.last = None;
-                    st.seeding = true;
-                }
             }
             joined
         };
         let wait = match joined {
             Err(e) => return Some(e.to_string()),
-            Ok((false, _)) => {
+            Ok(j) if !j.added => {
                 // Already subscribed and receiving live: nothing to recover or hold.
                 return None;
             }
-            Ok((true, wait)) => wait,
+            Ok(j) => j.pending,
         };
-        let first = wait.is_some();
         // If this future is dropped while waiting (the connection ended), the client must not
         // stay marked as recovering: that would keep the channel off its fast path for good.
         let _unmark = history::UnmarkRecovering {
             state: Arc::clone(&state),
             client: client.id,
-            seeding: first,
         };
+        // Every joiner waits until the channel's broker subscription is active, not only the
+        // one that created the channel: what is read next must be followed by every later
+        // publication, live.
         if let Some(wait) = wait {
             wait.await;
         }
@@ -1062,14 +1107,20 @@ impl Hub {
                 Some(format!("history unavailable: {e}")),
             ),
         };
-        if first {
-            // Live publications up to the stored offset may still arrive (they are no gap);
-            // newer ones that reached this node while the read was under way were recorded.
-            st.seeding = false;
-            if let Some(e) = stored.epoch.as_deref() {
-                let newer = matches!(&st.last, Some((le, lo)) if **le == *e && *lo > stored.offset);
-                if !newer {
-                    st.last = Some((Arc::from(e), stored.offset));
+        if error.is_none() {
+            // The node's position: the stored one, unless the live stream of this channel
+            // instance already got further (or into another epoch). Live publications up to
+            // the stored offset may still arrive: they are no gap.
+            if let Some(ch) = self.inner.channels.get(&channel) {
+                let stored_epoch = stored.epoch.as_deref().unwrap_or_default();
+                let live = st.last.as_ref().filter(|l| l.instance == ch.instance);
+                if live.is_none_or(|l| *l.epoch == *stored_epoch && l.offset < stored.offset) {
+                    st.last = Some(history::LivePosition::new(
+                        stored_epoch,
+                        stored.offset,
+                        broker.generation(&channel),
+                        ch.instance,
+                    ));
                 }
             }
         }
@@ -1117,7 +1168,16 @@ impl Hub {
         }
         // The stored history may be ahead of this node's live stream: publications up to
         // `last` can still arrive live, and this client has them already.
+        // An entry goes at the first newer publication; on a quiet channel entries of clients
+        // that left are dropped once they outnumber the members.
+        st.caught_up_to.retain(|&(c, _)| c != client.id);
         st.caught_up_to.push((client.id, last));
+        if let Some(ch) = self.inner.channels.get(&channel) {
+            if st.caught_up_to.len() > 2 * ch.members.len() + 16 {
+                st.caught_up_to
+                    .retain(|&(c, _)| ch.members.get(c).is_some());
+            }
+        }
         drop(st);
         error
     }
@@ -1263,7 +1323,7 @@ impl Hub {
     /// (clients that subscribe with a `subscribe` message get no reply before then).
     pub fn subscribe(&self, client: &Client, channel: &str) -> Result<bool, SubscribeError> {
         self.subscribe_shared(client.shared(), channel)
-            .map(|(added, _)| added)
+            .map(|joined| joined.added)
     }
 
     /// Unsubscribes `client` from `channel`. Idempotent: `Ok(false)` if it was not
@@ -1275,13 +1335,14 @@ impl Hub {
         self.unsubscribe_shared(client.shared(), channel)
     }
 
-    /// Subscribes; with a broker, the first local subscriber of a channel also returns a
-    /// future that resolves once the broker delivers the channel to this node.
+    /// Subscribes; with a broker, while the channel's broker subscription is not active yet
+    /// (the channel was just created, by this join or a recent one), also returns a future
+    /// that resolves once the broker delivers the channel to this node.
     pub(crate) fn subscribe_shared(
         &self,
         client: &Arc<ClientShared>,
         channel: &str,
-    ) -> Result<(bool, Option<Pending>), SubscribeError> {
+    ) -> Result<Subscribed, SubscribeError> {
         let config = &self.inner.config;
         let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
         let mut subs = client.subscriptions();
@@ -1289,7 +1350,10 @@ impl Hub {
             return Err(SubscribeError::ClientClosed);
         }
         if subs.channels.contains(channel) {
-            return Ok((false, None));
+            return Ok(Subscribed {
+                added: false,
+                pending: None,
+            });
         }
         if subs.channels.len() >= config.max_subscriptions {
             return Err(SubscribeError::TooManySubscriptions {
@@ -1297,12 +1361,15 @@ impl Hub {
             });
         }
         let broker = self.inner.broker.get();
-        let mut pending = None;
-        self.inner.channels.join(&name, client, || {
-            pending = broker.map(|b| b.subscribe(&name));
-        });
+        let joined = self
+            .inner
+            .channels
+            .join(&name, client, || broker.map(|b| b.subscribe(&name)));
         subs.channels.insert(name);
-        Ok((true, pending))
+        Ok(Subscribed {
+            added: joined.added,
+            pending: joined.pending.map(|a| -> Pending { Box::pin(a.wait()) }),
+        })
     }
 
     /// Removes client `id` from `channel`; the last local subscriber unsubscribes the broker.

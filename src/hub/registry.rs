@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 
+use crate::broker::Activation;
 use crate::hub::client::ClientShared;
 use crate::hub::history::ChannelLog;
 use crate::hub::members::MemberSet;
@@ -24,6 +25,11 @@ const SHARDS: usize = 64;
 pub(crate) struct Channel {
     pub(crate) name: ChannelName,
     pub(crate) members: MemberSet,
+    /// Unique among the channels this registry ever created: a channel deleted and created
+    /// again is another instance.
+    pub(crate) instance: u64,
+    /// The broker subscription this channel's creation started (with a broker).
+    pub(crate) activation: Option<Arc<Activation>>,
     /// The channel's history log (in-memory hub, history channels), kept here once looked
     /// up so that a publish finds it without another map lookup.
     pub(crate) history: OnceLock<Arc<ChannelLog>>,
@@ -43,6 +49,16 @@ pub(crate) struct Registry {
     hasher: RandomState,
     /// Number of channels, maintained under the shard locks.
     count: AtomicUsize,
+    /// The last channel instance number handed out.
+    instances: AtomicU64,
+}
+
+/// The outcome of [`Registry::join`].
+pub(crate) struct Joined {
+    /// The client was not a member yet.
+    pub(crate) added: bool,
+    /// The channel's broker subscription, while it is not active yet.
+    pub(crate) pending: Option<Arc<Activation>>,
 }
 
 impl Registry {
@@ -57,6 +73,7 @@ impl Registry {
             shards,
             hasher: RandomState::new(),
             count: AtomicUsize::new(0),
+            instances: AtomicU64::new(0),
         }
     }
 
@@ -75,23 +92,29 @@ impl Registry {
     }
 
     /// Adds `client` to channel `name`, creating the channel (then `on_create` runs, under
-    /// the shard lock, so creations and deletions of one channel are seen in order); `false`
-    /// if already a member.
+    /// the shard lock, so creations and deletions of one channel are seen in order, and may
+    /// start a broker subscription).
     pub(crate) fn join(
         &self,
         name: &ChannelName,
         client: &Arc<ClientShared>,
-        on_create: impl FnOnce(),
-    ) -> bool {
+        on_create: impl FnOnce() -> Option<Arc<Activation>>,
+    ) -> Joined {
         let shard = self.shard(name);
         let _guard = Self::lock(shard);
         let map = shard.map.load();
         if let Some(ch) = map.get(&**name) {
-            return ch.members.insert(client);
+            return Joined {
+                added: ch.members.insert(client),
+                pending: ch.activation.clone().filter(|a| !a.is_done()),
+            };
         }
+        let activation = on_create();
         let channel = Arc::new(Channel {
             name: name.clone(),
             members: MemberSet::new(),
+            instance: self.instances.fetch_add(1, Ordering::Relaxed) + 1,
+            activation: activation.clone(),
             history: OnceLock::new(),
         });
         channel.members.insert(client);
@@ -100,8 +123,10 @@ impl Registry {
         shard.map.store(Arc::new(next));
         // Relaxed: the count is a statistic; the map itself is the source of truth.
         self.count.fetch_add(1, Ordering::Relaxed);
-        on_create();
-        true
+        Joined {
+            added: true,
+            pending: activation.filter(|a| !a.is_done()),
+        }
     }
 
     /// Removes client `id` from channel `name`, deleting the channel when it empties (then

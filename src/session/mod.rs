@@ -725,12 +725,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.start_pending(Box::pin(work), 0, true);
             return Ok(());
         }
-        let (_, wait) = hub
+        let joined = hub
             .subscribe_shared(&self.client, channel)
             .map_err(|e| e.to_string())?;
         // The next request is read once the broker confirmed, so a client that saw the answer
         // to a later request receives every message published (on any node) after that.
-        if let Some(wait) = wait {
+        if let Some(wait) = joined.pending {
             let work = async move {
                 wait.await;
                 None
