@@ -614,3 +614,30 @@ async fn a_channel_subscribed_again_through_the_library_is_no_gap() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn history_that_expires_after_a_reconnect_that_missed_nothing_is_no_gap() {
+    let redis = RedisServer::start().await;
+    let a = node_with(&redis, config(100).history_ttl(Duration::from_secs(2))).await;
+    let (mut ws, _) = subscribed_through_3(&a, "feed:ttl2").await;
+    redis
+        .query(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .unwrap();
+    eventually("the node re-subscribed", || {
+        a.hub.counters().broker.reconnects >= 1
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while redis.query(&["EXISTS", "wshub:m:feed:ttl2"]).await.unwrap() != redis::Value::Int(0) {
+        assert!(tokio::time::Instant::now() < deadline, "the history never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new epoch, through the new connection, after a check that found nothing missed.
+    a.hub.publish("feed:ttl2", &numbered(4)).await.unwrap();
+    let v = recv_json(&mut ws).await;
+    assert_eq!((v["offset"].as_u64(), v["data"].as_u64()), (Some(1), Some(4)));
+    assert_eq!(a.hub.counters().history_gaps, 0);
+    close(ws).await;
+    a.stop().await;
+}

@@ -63,9 +63,10 @@ pub(crate) type ClientCount = Arc<dyn Fn() -> Option<usize> + Send + Sync>;
 pub(crate) type Deliver = Arc<dyn Fn(Option<&str>, bool, u64, &[u8]) + Send + Sync>;
 
 /// Told, after the broker lost and re-established its subscriptions, which channels were
-/// re-subscribed: whatever other nodes published on them in between never reached this node.
+/// re-subscribed, and the generation of the new link: whatever other nodes published on them
+/// in between never reached this node.
 #[cfg(feature = "redis")]
-pub(crate) type Resubscribed = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+pub(crate) type Resubscribed = Arc<dyn Fn(Vec<String>, u64) + Send + Sync>;
 
 /// A boxed future borrowing from the broker.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -77,6 +78,18 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) struct Activation {
     done: AtomicBool,
     notify: tokio::sync::Notify,
+}
+
+/// Finishes its activation when dropped, however the command carrying it ends (carried out,
+/// or dropped with the subscriber task): no joiner waits for ever.
+#[cfg(feature = "redis")]
+pub(crate) struct FinishOnDrop(pub(crate) Arc<Activation>);
+
+#[cfg(feature = "redis")]
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
 }
 
 impl Activation {

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activation, BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver, RedisConfig,
-    Resubscribed, Ring, StoredHistory,
+    Activation, BoxFuture, Broker, BrokerCounters, ClientCount, ClusterStats, Deliver,
+    FinishOnDrop, RedisConfig, Resubscribed, Ring, StoredHistory,
 };
 
 /// Lua: sets `epoch` to the channel's epoch, or `false` when it has none that this Redis process
@@ -151,6 +151,10 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Messages delivered at most before a new subscription counts as active (see
+/// `Subscriber::run`).
+const MAX_DRAIN: usize = 1 << 16;
+
 /// Bytes of node id at the front of every message this node publishes.
 const NODE_ID_LEN: usize = 8;
 
@@ -221,8 +225,9 @@ impl Shard {
 
 enum Command {
     /// Subscribe (if not already); the activation finishes once the subscription is active,
-    /// or once it is recorded for re-subscription if Redis is unreachable.
-    Subscribe(String, Arc<Activation>),
+    /// or once it is recorded for re-subscription if Redis is unreachable (or when the
+    /// command is dropped).
+    Subscribe(String, FinishOnDrop),
     Unsubscribe(String),
 }
 
@@ -374,13 +379,11 @@ impl Broker for RedisBroker {
     fn subscribe(&self, channel: &str) -> Arc<Activation> {
         let (shard, name) = self.route(Some(channel));
         let activation = Arc::new(Activation::default());
-        if shard
-            .commands
-            .send(Command::Subscribe(name, Arc::clone(&activation)))
-            .is_err()
-        {
-            activation.finish(); // the subscriber task is gone: nothing to wait for
-        }
+        // If the subscriber task is gone, the command is dropped and the activation finishes.
+        let _ = shard.commands.send(Command::Subscribe(
+            name,
+            FinishOnDrop(Arc::clone(&activation)),
+        ));
         activation
     }
 
@@ -601,7 +604,7 @@ impl Subscriber {
                     .filter_map(|c| c.strip_prefix(prefix.as_str()))
                     .map(str::to_owned)
                     .collect();
-                (self.resubscribed)(channels);
+                (self.resubscribed)(channels, self.generation.load(Ordering::Acquire));
             }
             self.connected.store(true, Ordering::Relaxed);
             if let Some(r) = ready.take() {
@@ -609,11 +612,7 @@ impl Subscriber {
             }
             backoff = MIN_BACKOFF;
             loop {
-                // Messages first: those that arrived before an unsubscribe's answer are
-                // delivered before the next command, so none of an old subscription arrives
-                // after a new one of the same channel is active.
                 tokio::select! {
-                    biased;
                     msg = stream.next() => match msg {
                         Some(msg) => self.on_message(msg.get_channel_name(), msg.get_payload_bytes()),
                         None => break,
@@ -623,7 +622,20 @@ impl Subscriber {
                         Some(Command::Subscribe(name, activation)) => {
                             let ok = !self.desired.insert(name.clone())
                                 || sink.subscribe(&name).await.is_ok();
-                            activation.finish();
+                            // What arrived before the answer (an earlier subscription's last
+                            // messages among them) is delivered before the channel counts as
+                            // active.
+                            let mut drained = 0;
+                            while drained < MAX_DRAIN {
+                                match stream.next().now_or_never() {
+                                    Some(Some(msg)) => {
+                                        self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+                                        drained += 1;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            drop(activation);
                             if !ok {
                                 break;
                             }
@@ -657,7 +669,7 @@ impl Subscriber {
                     None => return false,
                     Some(Command::Subscribe(name, activation)) => {
                         self.desired.insert(name);
-                        activation.finish();
+                        drop(activation);
                     }
                     Some(Command::Unsubscribe(name)) => {
                         self.desired.remove(&name);

@@ -54,6 +54,8 @@ pub(crate) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()>
 pub(crate) struct Subscribed {
     /// The client was not subscribed yet.
     pub(crate) added: bool,
+    /// The local channel instance joined (0 when already subscribed).
+    pub(crate) instance: u64,
     /// Resolves once the channel's broker subscription is active (`None`: it is, or there is
     /// no broker).
     pub(crate) pending: Option<Pending>,
@@ -465,11 +467,12 @@ impl HubBuilder {
                     }
                 });
             let weak = Arc::downgrade(&hub.inner);
-            let resubscribed: crate::broker::Resubscribed = Arc::new(move |channels| {
-                if let Some(inner) = weak.upgrade() {
-                    Hub { inner }.broker_resubscribed(channels);
-                }
-            });
+            let resubscribed: crate::broker::Resubscribed =
+                Arc::new(move |channels, generation| {
+                    if let Some(inner) = weak.upgrade() {
+                        Hub { inner }.broker_resubscribed(channels, generation);
+                    }
+                });
             let weak = Arc::downgrade(&hub.inner);
             let clients: crate::broker::ClientCount = Arc::new(move || {
                 let inner = weak.upgrade()?;
@@ -860,7 +863,7 @@ impl Hub {
     /// that moved on meanwhile ([`Hub::history_gap`]). Without this, a channel that sees no
     /// further publication would never show the gap.
     #[cfg(feature = "redis")]
-    fn broker_resubscribed(&self, channels: Vec<String>) {
+    fn broker_resubscribed(&self, channels: Vec<String>, generation: u64) {
         let Some(broker) = self.inner.broker.get().cloned() else {
             return;
         };
@@ -901,7 +904,6 @@ impl Hub {
                     continue;
                 };
                 if *last.epoch != *epoch || last.offset < h.offset {
-                    let generation = broker.generation(&channel);
                     st.last = Some(history::LivePosition::new(
                         &epoch,
                         h.offset,
@@ -909,6 +911,10 @@ impl Hub {
                         ch.instance,
                     ));
                     hub.history_gap(&channel, &mut st);
+                } else if let Some(last) = &mut st.last {
+                    // Nothing missed: the position now stands for the new connection too (a
+                    // new epoch starting on it later is no gap).
+                    last.generation = last.generation.max(generation);
                 }
             }
         });
@@ -1062,13 +1068,13 @@ impl Hub {
             }
             joined
         };
-        let wait = match joined {
+        let (wait, instance) = match joined {
             Err(e) => return Some(e.to_string()),
             Ok(j) if !j.added => {
                 // Already subscribed and receiving live: nothing to recover or hold.
                 return None;
             }
-            Ok(j) => j.pending,
+            Ok(j) => (j.pending, j.instance),
         };
         // If this future is dropped while waiting (the connection ended), the client must not
         // stay marked as recovering: that would keep the channel off its fast path for good.
@@ -1086,6 +1092,7 @@ impl Hub {
             Some((offset, _)) => (*offset, config.history_size),
             None => (0, 0),
         };
+        let generation = broker.generation(&channel);
         let read = broker
             .read_history(
                 &channel,
@@ -1107,20 +1114,28 @@ impl Hub {
                 Some(format!("history unavailable: {e}")),
             ),
         };
-        if error.is_none() {
-            // The node's position: the stored one, unless the live stream of this channel
-            // instance already got further (or into another epoch). Live publications up to
-            // the stored offset may still arrive: they are no gap.
-            if let Some(ch) = self.inner.channels.get(&channel) {
+        let current = self.inner.channels.get(&channel);
+        if error.is_none() && current.is_some_and(|ch| ch.instance == instance) {
+            // Without a position for this channel instance yet, the stored one (of the
+            // connection that was up when the read started) becomes it: live publications up to
+            // its offset may still arrive and are no gap. An existing position stays: raising
+            // it could hide a gap it has not shown yet.
+            if st.last.as_ref().is_none_or(|l| l.instance != instance) {
                 let stored_epoch = stored.epoch.as_deref().unwrap_or_default();
-                let live = st.last.as_ref().filter(|l| l.instance == ch.instance);
-                if live.is_none_or(|l| *l.epoch == *stored_epoch && l.offset < stored.offset) {
-                    st.last = Some(history::LivePosition::new(
-                        stored_epoch,
-                        stored.offset,
-                        broker.generation(&channel),
-                        ch.instance,
-                    ));
+                st.last = Some(history::LivePosition::new(
+                    stored_epoch,
+                    stored.offset,
+                    generation,
+                    instance,
+                ));
+                #[cfg(feature = "redis")]
+                {
+                    let now = broker.generation(&channel);
+                    if now != generation {
+                        // The read may predate an outage whose check found no position to
+                        // compare: compare this channel now.
+                        self.broker_resubscribed(vec![channel.clone()], now);
+                    }
                 }
             }
         }
@@ -1352,6 +1367,7 @@ impl Hub {
         if subs.channels.contains(channel) {
             return Ok(Subscribed {
                 added: false,
+                instance: 0,
                 pending: None,
             });
         }
@@ -1368,6 +1384,7 @@ impl Hub {
         subs.channels.insert(name);
         Ok(Subscribed {
             added: joined.added,
+            instance: joined.instance,
             pending: joined.pending.map(|a| -> Pending { Box::pin(a.wait()) }),
         })
     }

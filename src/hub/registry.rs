@@ -57,6 +57,8 @@ pub(crate) struct Registry {
 pub(crate) struct Joined {
     /// The client was not a member yet.
     pub(crate) added: bool,
+    /// The channel's instance number.
+    pub(crate) instance: u64,
     /// The channel's broker subscription, while it is not active yet.
     pub(crate) pending: Option<Arc<Activation>>,
 }
@@ -106,14 +108,16 @@ impl Registry {
         if let Some(ch) = map.get(&**name) {
             return Joined {
                 added: ch.members.insert(client),
+                instance: ch.instance,
                 pending: ch.activation.clone().filter(|a| !a.is_done()),
             };
         }
         let activation = on_create();
+        let instance = self.instances.fetch_add(1, Ordering::Relaxed) + 1;
         let channel = Arc::new(Channel {
             name: name.clone(),
             members: MemberSet::new(),
-            instance: self.instances.fetch_add(1, Ordering::Relaxed) + 1,
+            instance,
             activation: activation.clone(),
             history: OnceLock::new(),
         });
@@ -125,6 +129,7 @@ impl Registry {
         self.count.fetch_add(1, Ordering::Relaxed);
         Joined {
             added: true,
+            instance,
             pending: activation.filter(|a| !a.is_done()),
         }
     }
