@@ -630,13 +630,19 @@ async fn history_that_expires_after_a_reconnect_that_missed_nothing_is_no_gap() 
     .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while redis.query(&["EXISTS", "wshub:m:feed:ttl2"]).await.unwrap() != redis::Value::Int(0) {
-        assert!(tokio::time::Instant::now() < deadline, "the history never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the history never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A new epoch, through the new connection, after a check that found nothing missed.
     a.hub.publish("feed:ttl2", &numbered(4)).await.unwrap();
     let v = recv_json(&mut ws).await;
-    assert_eq!((v["offset"].as_u64(), v["data"].as_u64()), (Some(1), Some(4)));
+    assert_eq!(
+        (v["offset"].as_u64(), v["data"].as_u64()),
+        (Some(1), Some(4))
+    );
     assert_eq!(a.hub.counters().history_gaps, 0);
     close(ws).await;
     a.stop().await;

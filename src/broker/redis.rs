@@ -586,11 +586,13 @@ impl Subscriber {
                 continue;
             };
             let (mut sink, mut stream) = conn.split();
-            self.generation.fetch_add(1, Ordering::AcqRel);
             let all: Vec<&String> = self.desired.iter().collect();
             if !all.is_empty() && sink.subscribe(all).await.is_err() {
                 continue;
             }
+            // A new generation once the subscriptions are in place: a position recorded
+            // before (a stored read) keeps the old one and is checked (see `Hub`).
+            self.generation.fetch_add(1, Ordering::AcqRel);
             if reconnecting {
                 self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -627,7 +629,9 @@ impl Subscriber {
                             // active.
                             let mut drained = 0;
                             while drained < MAX_DRAIN {
-                                match stream.next().now_or_never() {
+                                // Unconstrained: tokio's cooperative budget would make a
+                                // full channel look empty after 128 messages.
+                                match tokio::task::unconstrained(stream.next()).now_or_never() {
                                     Some(Some(msg)) => {
                                         self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
                                         drained += 1;

@@ -215,7 +215,8 @@ impl HistoryStore {
 /// that reach this node meanwhile are held back until its recovered ones are queued.
 pub(crate) struct Recovering {
     pub(crate) client: u64,
-    pub(crate) held: Vec<(u64, Bytes)>,
+    /// (offset, epoch, frame).
+    pub(crate) held: Vec<(u64, Arc<str>, Bytes)>,
 }
 
 /// Removes a client's [`Recovering`] entry when dropped (a no-op once the recovery took it).

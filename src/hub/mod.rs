@@ -39,8 +39,20 @@ use registry::Registry;
 
 /// Close reason sent with 1012 to the subscribers of a channel on which this node missed
 /// publications from the broker.
-#[cfg(feature = "redis")]
 const GAP_REASON: &str = "missed publications: reconnect and resume to recover them";
+/// Closes `client` with 1012 after what is already queued: it missed publications on a
+/// broker-history channel and recovers them when it resumes.
+fn close_for_gap(client: &ClientShared) {
+    client.outbox.request_close(
+        frame::close_frame(close_code::SERVICE_RESTART, GAP_REASON),
+        false,
+        DisconnectReason::Closed {
+            code: close_code::SERVICE_RESTART,
+            reason: GAP_REASON.to_owned(),
+        },
+    );
+}
+
 /// After the broker re-subscribed, how long publications already on their way get to arrive
 /// before this node compares its position with the stored one.
 #[cfg(feature = "redis")]
@@ -844,16 +856,8 @@ impl Hub {
             subscribers = ch.members.len(),
             "missed publications from the broker; closing the channel's subscribers so they resume"
         );
-        let close = frame::close_frame(frame::close_code::SERVICE_RESTART, GAP_REASON);
         for client in ch.members.load().iter() {
-            client.outbox.request_close(
-                close.clone(),
-                false,
-                DisconnectReason::Closed {
-                    code: frame::close_code::SERVICE_RESTART,
-                    reason: GAP_REASON.to_owned(),
-                },
-            );
+            close_for_gap(client);
         }
     }
 
@@ -1008,6 +1012,7 @@ impl Hub {
             }
             offset < upto
         });
+        let held_epoch: Arc<str> = Arc::from(epoch);
         let report = match &ch {
             Some(ch) if st.recovering.is_empty() && skip.is_empty() => {
                 self.deliver_to(&ch.members.load(), &frame)
@@ -1018,7 +1023,8 @@ impl Hub {
                 }
                 match st.recovering.iter_mut().find(|r| r.client == client.id) {
                     Some(r) => {
-                        r.held.push((offset, frame.clone()));
+                        r.held
+                            .push((offset, Arc::clone(&held_epoch), frame.clone()));
                         true
                     }
                     None => false,
@@ -1175,10 +1181,24 @@ impl Hub {
                 let _ = client.outbox.push_data(f);
             }
         }
-        for (offset, frame) in held {
-            if offset > last {
+        // The live publications held meanwhile must continue what the client has: a hole
+        // (this node's broker connection dropped during the read) or another epoch means it
+        // missed some, and it is closed to resume (see `history_gap`).
+        let mut epoch_now: Arc<str> = Arc::from(epoch.as_str());
+        for (offset, held_epoch, frame) in held {
+            let fresh = epoch_now.is_empty() && offset == 1; // the channel's first publication
+            if !fresh && (held_epoch != epoch_now || offset > last + 1) {
+                self.inner
+                    .counters
+                    .history_gaps
+                    .fetch_add(1, Ordering::Relaxed);
+                close_for_gap(&client);
+                break;
+            }
+            if offset > last || fresh {
                 let _ = client.outbox.push_data(frame);
                 last = offset;
+                epoch_now = held_epoch;
             }
         }
         // The stored history may be ahead of this node's live stream: publications up to
