@@ -379,6 +379,19 @@ return offset
         .expect("store a publication");
 }
 
+/// Waits until Redis has forgotten `channel`'s history (its TTL ran out).
+async fn history_expired(redis: &RedisServer, channel: &str) {
+    let meta = format!("wshub:m:{channel}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while redis.query(&["EXISTS", &meta]).await.unwrap() != redis::Value::Int(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the history never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Subscribes on `node`, receives publications 1..=3 published there, and returns the socket
 /// and the epoch.
 async fn subscribed_through_3(node: &TestServer, channel: &str) -> (Ws, String) {
@@ -551,14 +564,7 @@ async fn history_that_expires_while_a_node_listens_is_no_gap() {
     let a = node_with(&redis, config(100).history_ttl(Duration::from_secs(1))).await;
     let (mut ws, epoch) = subscribed_through_3(&a, "feed:ttl").await;
     // Quiet for longer than the TTL: Redis forgets the channel's history and epoch.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while redis.query(&["EXISTS", "wshub:m:feed:ttl"]).await.unwrap() != redis::Value::Int(0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the history never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    history_expired(&redis, "feed:ttl").await;
     a.hub.publish("feed:ttl", &numbered(4)).await.unwrap();
     let v = recv_json(&mut ws).await;
     assert_eq!(
@@ -628,14 +634,7 @@ async fn history_that_expires_after_a_reconnect_that_missed_nothing_is_no_gap() 
         a.hub.counters().broker.reconnects >= 1
     })
     .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while redis.query(&["EXISTS", "wshub:m:feed:ttl2"]).await.unwrap() != redis::Value::Int(0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the history never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    history_expired(&redis, "feed:ttl2").await;
     // A new epoch, through the new connection, after a check that found nothing missed.
     a.hub.publish("feed:ttl2", &numbered(4)).await.unwrap();
     let v = recv_json(&mut ws).await;

@@ -965,21 +965,36 @@ impl Hub {
             .as_ref()
             .filter(|ch| ch.activation.as_ref().is_none_or(|a| a.is_done()));
         if let Some(ch) = tracked {
-            let gap = st.last.as_ref().is_some_and(|last| {
-                last.instance == ch.instance
-                    && if *last.epoch == *epoch {
-                        offset > last.offset + 1
+            // Same instance: within the epoch offsets must follow; a new epoch must start at
+            // offset 1 on the same connection. Another instance (or none yet): a fresh start.
+            let (gap, newer) = match &st.last {
+                Some(last) if last.instance == ch.instance => {
+                    if *last.epoch == *epoch {
+                        (offset > last.offset + 1, offset > last.offset)
                     } else {
-                        offset != 1 || generation != last.generation
+                        (offset != 1 || generation != last.generation, true)
                     }
-            });
+                }
+                _ => (false, true),
+            };
+            match &mut st.last {
+                // The usual case: the next offset of the same epoch, updated in place.
+                Some(last) if last.instance == ch.instance && *last.epoch == *epoch => {
+                    if newer {
+                        last.offset = offset;
+                    }
+                    last.generation = generation;
+                }
+                _ => {
+                    st.last = Some(history::LivePosition::new(
+                        epoch,
+                        offset,
+                        generation,
+                        ch.instance,
+                    ));
+                }
+            }
             if gap {
-                st.last = Some(history::LivePosition::new(
-                    epoch,
-                    offset,
-                    generation,
-                    ch.instance,
-                ));
                 self.history_gap(channel, st);
                 drop(guard);
                 if own {
@@ -988,19 +1003,6 @@ impl Hub {
                         .delivered(&name, offset, PublishReport::default());
                 }
                 return;
-            }
-            let newer = st.last.as_ref().is_none_or(|last| {
-                last.instance != ch.instance || *last.epoch != *epoch || offset > last.offset
-            });
-            if newer {
-                st.last = Some(history::LivePosition::new(
-                    epoch,
-                    offset,
-                    generation,
-                    ch.instance,
-                ));
-            } else if let Some(last) = &mut st.last {
-                last.generation = generation;
             }
         }
         // Clients that read the stored history further than this node's live stream has got:
@@ -1012,7 +1014,7 @@ impl Hub {
             }
             offset < upto
         });
-        let held_epoch: Arc<str> = Arc::from(epoch);
+        let mut held_epoch: Option<Arc<str>> = None;
         let report = match &ch {
             Some(ch) if st.recovering.is_empty() && skip.is_empty() => {
                 self.deliver_to(&ch.members.load(), &frame)
@@ -1023,8 +1025,8 @@ impl Hub {
                 }
                 match st.recovering.iter_mut().find(|r| r.client == client.id) {
                     Some(r) => {
-                        r.held
-                            .push((offset, Arc::clone(&held_epoch), frame.clone()));
+                        let epoch = held_epoch.get_or_insert_with(|| Arc::from(epoch));
+                        r.held.push((offset, Arc::clone(epoch), frame.clone()));
                         true
                     }
                     None => false,
