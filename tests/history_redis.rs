@@ -76,6 +76,66 @@ async fn publications_get_redis_offsets_and_the_local_report_is_exact() {
     b.stop().await;
 }
 
+/// Concurrent publishers on two nodes: a node delivers its own publication at once when it is
+/// the next one, and otherwise when its copy comes back from Redis; either way every
+/// subscriber gets each offset once and in order, and each report counts exactly the node's
+/// own subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_on_two_nodes_deliver_every_offset_once_in_order_with_exact_reports()
+{
+    const TASKS: u64 = 4;
+    const EACH: u64 = 150;
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, 10_000).await, node(&redis, 10_000).await);
+    let mut sockets = Vec::new();
+    for n in [&a, &a, &b, &b] {
+        let mut ws = n.connect().await;
+        subscribe_at(&mut ws, "feed:busy", None).await;
+        sockets.push(ws);
+    }
+    let mut tasks = Vec::new();
+    for (hub, first) in [(a.hub.clone(), 0), (b.hub.clone(), TASKS)] {
+        for t in first..first + TASKS {
+            let hub = hub.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..EACH {
+                    let report = hub
+                        .publish("feed:busy", &numbered(t * EACH + i))
+                        .await
+                        .unwrap();
+                    assert_eq!(report.enqueued, 2, "the node's two subscribers");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = 2 * TASKS * EACH;
+    for ws in &mut sockets {
+        let mut last_of_task = vec![None::<u64>; 2 * TASKS as usize];
+        for offset in 1..=total {
+            let v = recv_json(ws).await;
+            assert_eq!(v["offset"].as_u64(), Some(offset), "{v}");
+            // Each publisher's own publications arrive in the order it made them.
+            let data = v["data"].as_u64().unwrap();
+            let task = usize::try_from(data / EACH).unwrap();
+            assert!(last_of_task[task].is_none_or(|l| l < data), "{v}");
+            last_of_task[task] = Some(data);
+        }
+        expect_silence(ws, Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        a.hub.counters().history_gaps + b.hub.counters().history_gaps,
+        0
+    );
+    for ws in sockets {
+        close(ws).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_cut_repeatedly_resumes_on_any_node_without_loss() {
     const TOTAL: u64 = 300;

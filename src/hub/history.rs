@@ -246,7 +246,15 @@ pub(crate) struct RemoteState {
     /// next offset, or in another epoch, means this node missed some (its broker subscription
     /// was lost for a while); see `Hub::deliver_remote_history`.
     pub(crate) last: Option<LivePosition>,
+    /// Offsets of this node's own publications (in the epoch of `last`) that their publisher
+    /// delivered at once, because they were the next ones (`Hub::deliver_own_history`);
+    /// their copies through the broker subscription are skipped. Bounded by [`DIRECT_MAX`].
+    pub(crate) direct: std::collections::VecDeque<u64>,
 }
+
+/// At most this many of a channel's own publications wait for their broker copy to be
+/// skipped ([`RemoteState::direct`]); beyond it, publishers wait for their copy instead.
+pub(crate) const DIRECT_MAX: usize = 1024;
 
 /// See [`RemoteState::last`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,15 +265,26 @@ pub(crate) struct LivePosition {
     pub(crate) generation: u64,
     /// The local channel instance it belongs to (`registry::Channel::instance`).
     pub(crate) instance: u64,
+    /// Every publication up to `offset` came through the live stream (or was delivered by
+    /// its publisher on this node), so none is still on its way; false for a position read
+    /// from the stored history until the live stream reaches it.
+    pub(crate) live: bool,
 }
 
 impl LivePosition {
-    pub(crate) fn new(epoch: &str, offset: u64, generation: u64, instance: u64) -> Self {
+    pub(crate) fn new(
+        epoch: &str,
+        offset: u64,
+        generation: u64,
+        instance: u64,
+        live: bool,
+    ) -> Self {
         LivePosition {
             epoch: Arc::from(epoch),
             offset,
             generation,
             instance,
+            live,
         }
     }
 }
@@ -273,6 +292,38 @@ impl LivePosition {
 impl RemoteState {
     fn is_idle(&self) -> bool {
         self.recovering.is_empty() && self.caught_up_to.is_empty()
+    }
+
+    /// A new position (another epoch or channel instance, or one read from the stored
+    /// history): what was delivered directly belonged to the old one.
+    pub(crate) fn set_last(&mut self, last: LivePosition) {
+        self.direct.clear();
+        self.last = Some(last);
+    }
+
+    /// Whether this node's own publication at `offset` (through the broker subscription) was
+    /// delivered by its publisher already; earlier direct ones whose copies never came are
+    /// forgotten.
+    pub(crate) fn skip_direct(&mut self, instance: u64, epoch: &str, offset: u64) -> bool {
+        if self.direct.is_empty() {
+            return false;
+        }
+        if !self
+            .last
+            .as_ref()
+            .is_some_and(|l| l.instance == instance && *l.epoch == *epoch)
+        {
+            self.direct.clear();
+            return false;
+        }
+        while self.direct.front().is_some_and(|&d| d < offset) {
+            self.direct.pop_front();
+        }
+        if self.direct.front() == Some(&offset) {
+            self.direct.pop_front();
+            return true;
+        }
+        false
     }
 }
 
@@ -448,7 +499,7 @@ mod tests {
         let live = |c: &str| c.starts_with("live");
         let held = remote.channel(&name("held"), |_| false);
         let kept = remote.channel(&name("live"), live);
-        kept.lock().unwrap().last = Some(LivePosition::new("e", 7, 1, 1));
+        kept.lock().unwrap().last = Some(LivePosition::new("e", 7, 1, 1, true));
         remote
             .channel(&name("recovering"), live)
             .lock()
@@ -467,10 +518,32 @@ mod tests {
         let st = remote.channel(&name("live"), live);
         assert_eq!(
             st.lock().unwrap().last,
-            Some(LivePosition::new("e", 7, 1, 1))
+            Some(LivePosition::new("e", 7, 1, 1, true))
         );
         let st = remote.channel(&name("recovering"), live);
         assert_eq!(st.lock().unwrap().recovering.len(), 1);
+    }
+
+    #[test]
+    fn copies_of_directly_delivered_publications_are_skipped_once() {
+        let mut st = RemoteState::default();
+        st.set_last(LivePosition::new("e", 5, 1, 7, true));
+        st.direct.extend([6, 7, 9]);
+        assert!(st.skip_direct(7, "e", 6));
+        assert!(!st.skip_direct(7, "e", 6), "only once");
+        assert!(!st.skip_direct(7, "e", 8), "not delivered directly");
+        assert_eq!(
+            Vec::from(st.direct.clone()),
+            [9],
+            "7's copy never came: forgotten"
+        );
+        assert!(!st.skip_direct(7, "other", 9), "another epoch");
+        assert!(st.direct.is_empty());
+        st.direct.push_back(10);
+        assert!(!st.skip_direct(8, "e", 10), "another channel instance");
+        st.direct.push_back(11);
+        st.set_last(LivePosition::new("e", 3, 1, 7, false));
+        assert!(st.direct.is_empty(), "a new position forgets them");
     }
 
     #[test]

@@ -638,7 +638,7 @@ impl Hub {
         let config = &self.inner.config;
         let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
         let head = message.json_head(Some(channel), SystemTime::now());
-        let (offset, _epoch) = broker
+        let (offset, epoch) = broker
             .publish_history(channel, &head, config.history_size, config.history_ttl)
             .await
             .map_err(|reason| PublishError::Broker {
@@ -648,6 +648,12 @@ impl Hub {
         if self.inner.channels.get(channel).is_none() {
             return Ok(PublishReport::default());
         }
+        #[cfg(feature = "redis")]
+        if let Some(report) = self.deliver_own_history(&name, &head, offset, &epoch) {
+            return Ok(report);
+        }
+        #[cfg(not(feature = "redis"))]
+        let _ = epoch;
         let report = self
             .inner
             .remote_history
@@ -908,11 +914,12 @@ impl Hub {
                     continue;
                 };
                 if *last.epoch != *epoch || last.offset < h.offset {
-                    st.last = Some(history::LivePosition::new(
+                    st.set_last(history::LivePosition::new(
                         &epoch,
                         h.offset,
                         generation,
                         ch.instance,
+                        false,
                     ));
                     hub.history_gap(&channel, &mut st);
                 } else if let Some(last) = &mut st.last {
@@ -965,6 +972,9 @@ impl Hub {
             .as_ref()
             .filter(|ch| ch.activation.as_ref().is_none_or(|a| a.is_done()));
         if let Some(ch) = tracked {
+            if own && st.skip_direct(ch.instance, epoch, offset) {
+                return; // its publisher delivered it (`Hub::deliver_own_history`)
+            }
             // Same instance: within the epoch offsets must follow; a new epoch must start at
             // offset 1 on the same connection. Another instance (or none yet): a fresh start.
             let (gap, newer) = match &st.last {
@@ -983,16 +993,17 @@ impl Hub {
                     if newer {
                         last.offset = offset;
                     }
+                    // The live stream is in order: nothing up to here is still on its way.
+                    last.live |= offset >= last.offset;
                     last.generation = generation;
                 }
-                _ => {
-                    st.last = Some(history::LivePosition::new(
-                        epoch,
-                        offset,
-                        generation,
-                        ch.instance,
-                    ));
-                }
+                _ => st.set_last(history::LivePosition::new(
+                    epoch,
+                    offset,
+                    generation,
+                    ch.instance,
+                    true,
+                )),
             }
             if gap {
                 self.history_gap(channel, st);
@@ -1005,6 +1016,66 @@ impl Hub {
                 return;
             }
         }
+        let report = match &ch {
+            Some(ch) => self.deliver_positioned(st, ch, offset, epoch, &frame),
+            None => PublishReport::default(),
+        };
+        drop(guard);
+        if own {
+            self.inner.remote_history.delivered(&name, offset, report);
+        }
+    }
+
+    /// This node's own publication on a broker-history channel, delivered by its publisher
+    /// as soon as the broker assigned its offset, when that is the next one this node's
+    /// subscribers get (everything before it came through the live stream): it saves waiting
+    /// for the copy, which is then skipped. `None` when the copy must be waited for (an
+    /// earlier publication is still on its way, the channel's subscription is not active
+    /// yet, or the epoch changed).
+    #[cfg(feature = "redis")]
+    fn deliver_own_history(
+        &self,
+        name: &ChannelName,
+        head: &[u8],
+        offset: u64,
+        epoch: &str,
+    ) -> Option<PublishReport> {
+        let ch = self.inner.channels.get(name.as_str())?;
+        if !ch.activation.as_ref().is_none_or(|a| a.is_done()) {
+            return None;
+        }
+        let state = self.remote_state(name);
+        let mut guard = state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let st = &mut *guard;
+        let last = st.last.as_mut()?;
+        if last.instance != ch.instance
+            || *last.epoch != *epoch
+            || !last.live
+            || last.offset + 1 != offset
+            || st.direct.len() >= history::DIRECT_MAX
+        {
+            return None;
+        }
+        last.offset = offset;
+        st.direct.push_back(offset);
+        let frame = crate::message::history_frame(head, offset, epoch);
+        Some(self.deliver_positioned(st, &ch, offset, epoch, &frame))
+    }
+
+    /// Delivers a broker-history publication to `ch`'s subscribers, under the channel's
+    /// remote-state lock: held back for clients still recovering, skipped for those that read
+    /// it from the stored history already.
+    #[cfg(feature = "redis")]
+    fn deliver_positioned(
+        &self,
+        st: &mut history::RemoteState,
+        ch: &registry::Channel,
+        offset: u64,
+        epoch: &str,
+        frame: &Bytes,
+    ) -> PublishReport {
         // Clients that read the stored history further than this node's live stream has got:
         // done once a newer publication arrives.
         let mut skip: Vec<u64> = Vec::new();
@@ -1015,29 +1086,22 @@ impl Hub {
             offset < upto
         });
         let mut held_epoch: Option<Arc<str>> = None;
-        let report = match &ch {
-            Some(ch) if st.recovering.is_empty() && skip.is_empty() => {
-                self.deliver_to(&ch.members.load(), &frame)
-            }
-            Some(ch) => self.deliver_except(&ch.members.load(), &frame, |client| {
-                if skip.contains(&client.id) {
-                    return true; // it has this one already
-                }
-                match st.recovering.iter_mut().find(|r| r.client == client.id) {
-                    Some(r) => {
-                        let epoch = held_epoch.get_or_insert_with(|| Arc::from(epoch));
-                        r.held.push((offset, Arc::clone(epoch), frame.clone()));
-                        true
-                    }
-                    None => false,
-                }
-            }),
-            None => PublishReport::default(),
-        };
-        drop(guard);
-        if own {
-            self.inner.remote_history.delivered(&name, offset, report);
+        if st.recovering.is_empty() && skip.is_empty() {
+            return self.deliver_to(&ch.members.load(), frame);
         }
+        self.deliver_except(&ch.members.load(), frame, |client| {
+            if skip.contains(&client.id) {
+                return true; // it has this one already
+            }
+            match st.recovering.iter_mut().find(|r| r.client == client.id) {
+                Some(r) => {
+                    let epoch = held_epoch.get_or_insert_with(|| Arc::from(epoch));
+                    r.held.push((offset, Arc::clone(epoch), frame.clone()));
+                    true
+                }
+                None => false,
+            }
+        })
     }
 
     /// A client's subscribe on a broker-history channel (see [`Hub::subscribe_with_history`]
@@ -1130,11 +1194,12 @@ impl Hub {
             // it could hide a gap it has not shown yet.
             if st.last.as_ref().is_none_or(|l| l.instance != instance) {
                 let stored_epoch = stored.epoch.as_deref().unwrap_or_default();
-                st.last = Some(history::LivePosition::new(
+                st.set_last(history::LivePosition::new(
                     stored_epoch,
                     stored.offset,
                     generation,
                     instance,
+                    false,
                 ));
                 #[cfg(feature = "redis")]
                 {
