@@ -50,37 +50,82 @@ end
     };
 }
 
-/// Appends a publication to a channel's history and publishes it, atomically, so offsets
-/// are assigned and delivered in the same order on every node. The stream keeps the JSON head
-/// (without its closing brace); nodes complete it with the position (`message::history_frame`),
-/// so the script builds no JSON. The stream is trimmed approximately (`MAXLEN ~`, much cheaper
-/// than exact trimming); reads apply the exact window.
+/// Appends publications to their channels' history and publishes them, atomically, so offsets
+/// are assigned and delivered in the same order on every node. One call carries every
+/// history publish of this node that queued up on the shard while the previous call was
+/// running (`HistoryWriter`): the script's fixed cost and the round trip are shared.
 ///
-/// KEYS: meta hash, stream. ARGV: JSON head, node id, max length, TTL in ms, pub/sub channel,
-/// believed run id. Publishes `<node id><offset> <epoch> <head>`. Returns {offset, epoch, run id}.
-const PUBLISH_HISTORY: &str = concat!(
-    "local believed = ARGV[6]",
-    current_epoch!(),
-    r#"
-if not epoch then
-  if run == believed then
-    run = actual_run()
+/// The stream keeps the JSON head (without its closing brace); nodes complete it with the
+/// position (`message::history_frame`), so the script builds no JSON. The stream is trimmed
+/// approximately (`MAXLEN ~`, much cheaper than exact trimming); reads apply the exact window.
+/// The meta hash holds the epoch (`e`), the run id that created it (`r`, see
+/// `current_epoch!`), the last offset (`o`) and when the keys' expiry must next be pushed
+/// back (`x`): every half TTL, to one and a half TTLs, so a channel's history lives at least
+/// the TTL after its last publication (and at most 1.5 TTLs), without two `PEXPIRE`s per
+/// publish.
+///
+/// KEYS: per publication, meta hash and stream. ARGV: node id, believed run id, then per
+/// publication JSON head, pub/sub channel, max length, TTL in ms. Publishes
+/// `<node id><offset> <epoch> <head>`. Returns {offset, epoch, ..., run id}, offsets as
+/// decimal strings.
+const PUBLISH_HISTORY: &str = r#"
+local node, believed = ARGV[1], ARGV[2]
+local run, verified = believed, false
+local function actual_run()
+  if not verified then
+    run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+    verified = true
   end
-  local t = redis.call('TIME')
-  epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'r', run)
+  return run
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'd', ARGV[1], 't', ms)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
-return {offset, epoch, run}
-"#
-);
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local channels, order, out = {}, {}, {}
+for i = 1, #KEYS / 2 do
+  local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
+  local a = 2 + 4 * (i - 1)
+  local head, pubsub = ARGV[a + 1], ARGV[a + 2]
+  local c = channels[meta]
+  if not c then
+    local m = redis.call('HMGET', meta, 'e', 'r', 'o', 'x')
+    c = {meta = meta, stream = stream, ttl = tonumber(ARGV[a + 4]), epoch = m[1],
+         o = tonumber(m[3]) or 0, x = tonumber(m[4]) or 0}
+    if c.epoch and m[2] ~= run and m[2] ~= actual_run() then
+      c.epoch = false
+    end
+    if not c.epoch then
+      actual_run()
+      c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
+      c.new, c.o, c.x = true, 0, 0
+      redis.call('DEL', stream)
+    end
+    channels[meta] = c
+    order[#order + 1] = c
+  end
+  c.o = c.o + 1
+  local offset = string.format('%d', c.o)
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[a + 3], offset .. '-0', 'd', head, 't', now)
+  redis.call('PUBLISH', pubsub, node .. offset .. ' ' .. c.epoch .. ' ' .. head)
+  out[#out + 1] = offset
+  out[#out + 1] = c.epoch
+end
+for _, c in ipairs(order) do
+  local half = math.floor(c.ttl / 2)
+  if c.new then
+    redis.call('HSET', c.meta, 'e', c.epoch, 'r', run, 'o', c.o, 'x', now + half)
+  elseif now >= c.x then
+    redis.call('HSET', c.meta, 'o', c.o, 'x', now + half)
+  else
+    redis.call('HSET', c.meta, 'o', c.o)
+  end
+  if c.new or now >= c.x then
+    redis.call('PEXPIRE', c.meta, c.ttl + half)
+    redis.call('PEXPIRE', c.stream, c.ttl + half)
+  end
+end
+out[#out + 1] = run
+return out
+"#;
 
 /// Reads a channel's position and the publications after an offset that are within the window
 /// (the last `size`, not older than the TTL). KEYS: meta hash, stream. ARGV: since, limit, TTL
@@ -160,7 +205,6 @@ const NODE_ID_LEN: usize = 8;
 
 pub(crate) struct RedisBroker {
     timeout: Duration,
-    publish_history: redis::Script,
     read_history: redis::Script,
     /// Reports and counts the nodes' clients (on the first shard).
     census: Arc<Census>,
@@ -181,6 +225,162 @@ struct Shard {
     run_id: RunId,
     /// Connections of the subscriber so far (see [`Deliver`]).
     generation: Arc<AtomicU64>,
+    history: Arc<HistoryWriter>,
+}
+
+/// The history publishes of one shard: one script call at a time; those that arrive meanwhile
+/// queue up and go together in the next call (a group commit: they share the script's fixed
+/// cost and the round trip, and Redis still assigns offsets in the order they were made).
+struct HistoryWriter {
+    conn: ConnectionManager,
+    script: redis::Script,
+    node: [u8; NODE_ID_LEN],
+    prefix: String,
+    run_id: RunId,
+    counters: Arc<Counters>,
+    queue: std::sync::Mutex<HistoryQueue>,
+}
+
+/// See [`HistoryWriter`].
+#[derive(Default)]
+struct HistoryQueue {
+    /// A script call is running (or a task is about to make the next one).
+    busy: bool,
+    waiting: Vec<QueuedPublish>,
+}
+
+struct QueuedPublish {
+    channel: String,
+    head: Vec<u8>,
+    size: usize,
+    ttl_ms: u64,
+    done: oneshot::Sender<Result<(u64, String), String>>,
+}
+
+/// At most this many publications go into one script call (Redis runs nothing else meanwhile).
+const MAX_HISTORY_BATCH: usize = 128;
+
+impl HistoryWriter {
+    fn queue(&self) -> std::sync::MutexGuard<'_, HistoryQueue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends a publication to `channel`'s history and publishes it: at once if no call is
+    /// running, else with the next call. Resolves to its offset and epoch.
+    async fn publish(
+        self: &Arc<Self>,
+        channel: &str,
+        head: &[u8],
+        size: usize,
+        ttl: Duration,
+    ) -> Result<(u64, String), String> {
+        let (done, result) = oneshot::channel();
+        let publish = QueuedPublish {
+            channel: channel.to_owned(),
+            head: head.to_vec(),
+            size,
+            ttl_ms: ttl_ms(ttl),
+            done,
+        };
+        let turn = {
+            let mut queue = self.queue();
+            if queue.busy {
+                queue.waiting.push(publish);
+                None
+            } else {
+                queue.busy = true;
+                Some((Turn(Arc::clone(self)), publish))
+            }
+        };
+        if let Some((turn, publish)) = turn {
+            self.call(vec![publish]).await;
+            drop(turn);
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err("Redis publish abandoned (shutting down)".to_owned()))
+    }
+
+    /// One script call for `batch`; every publish learns its result.
+    async fn call(&self, batch: Vec<QueuedPublish>) {
+        let (believed, token) = current_run_id(&self.run_id);
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(&self.node[..]).arg(believed);
+        for p in &batch {
+            invocation
+                .key(format!("{}m:{}", self.prefix, p.channel))
+                .key(format!("{}h:{}", self.prefix, p.channel))
+                .arg(&p.head[..])
+                .arg(format!("{}c:{}", self.prefix, p.channel))
+                .arg(p.size)
+                .arg(p.ttl_ms);
+        }
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<Vec<String>> = invocation.invoke_async(&mut conn).await;
+        let n = batch.len() as u64;
+        let mut flat = match result {
+            Ok(flat) if flat.len() == 2 * batch.len() + 1 => flat,
+            other => {
+                if other.is_err() {
+                    forget_run_id(&self.run_id);
+                }
+                let reason = match other {
+                    Err(e) => format!("Redis publish failed: {e}"),
+                    Ok(_) => "Redis publish failed: malformed script reply".to_owned(),
+                };
+                self.counters.publish_errors.fetch_add(n, Ordering::Relaxed);
+                for p in batch {
+                    let _ = p.done.send(Err(reason.clone()));
+                }
+                return;
+            }
+        };
+        self.counters.published.fetch_add(n, Ordering::Relaxed);
+        if let Some(run) = flat.pop() {
+            learn_run_id(&self.run_id, run, token);
+        }
+        let mut flat = flat.into_iter();
+        for p in batch {
+            let (Some(offset), Some(epoch)) = (flat.next(), flat.next()) else {
+                break;
+            };
+            let result = offset
+                .parse()
+                .map(|offset| (offset, epoch))
+                .map_err(|_| "Redis publish failed: malformed offset".to_owned());
+            let _ = p.done.send(result);
+        }
+    }
+}
+
+/// The turn to make script calls on a [`HistoryWriter`]: when it ends (the call finished, or
+/// its publisher gave up), the publishes queued meanwhile get the next call, in a task of
+/// their own, so no publisher waits for more than its own call.
+struct Turn(Arc<HistoryWriter>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let writer = &self.0;
+        let mut queue = writer.queue();
+        if queue.waiting.is_empty() {
+            queue.busy = false;
+            return;
+        }
+        let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
+        let batch: Vec<QueuedPublish> = queue.waiting.drain(..n).collect();
+        drop(queue);
+        let next = Turn(Arc::clone(writer));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                next.0.call(batch).await;
+                drop(next);
+            });
+        }
+        // Without a runtime (it is shutting down) the batch and `next` are dropped here: the
+        // publishers learn that their publish was abandoned, and so do the rest in turn.
+    }
 }
 
 /// See [`Shard::run_id`]: the run id, and how often it was forgotten (a script's answer is
@@ -196,25 +396,34 @@ fn forget_run_id(run_id: &RunId) {
     known.1 += 1;
 }
 
+/// The run id to send with a script, and the token to learn its answer with.
+fn current_run_id(run_id: &RunId) -> (String, u64) {
+    run_id
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Records the run id a script reported, unless the connection failed since it was sent (the
+/// answer may come from a process that is gone).
+fn learn_run_id(run_id: &RunId, run: String, token: u64) {
+    let mut known = run_id
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if known.1 == token && known.0 != run {
+        known.0 = run;
+    }
+}
+
 impl Shard {
-    /// The run id to send with a script, and the token to learn its answer with.
+    /// See [`current_run_id`].
     fn run_id(&self) -> (String, u64) {
-        self.run_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        current_run_id(&self.run_id)
     }
 
-    /// Records the run id a script reported, unless the connection failed since it was sent
-    /// (the answer may come from a process that is gone).
+    /// See [`learn_run_id`].
     fn learn_run_id(&self, run: String, token: u64) {
-        let mut known = self
-            .run_id
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if known.1 == token && known.0 != run {
-            known.0 = run;
-        }
+        learn_run_id(&self.run_id, run, token);
     }
 
     /// A command on the publishing connection failed: Redis may be restarting.
@@ -296,12 +505,22 @@ impl RedisBroker {
             tokio::spawn(task.run(pubsub, ready_tx));
             // The broadcast subscription is active before `connect` returns.
             let _ = ready_rx.await;
+            let history = Arc::new(HistoryWriter {
+                conn: publisher.clone(),
+                script: redis::Script::new(PUBLISH_HISTORY),
+                node,
+                prefix: config.prefix.clone(),
+                run_id: Arc::clone(&run_id),
+                counters: Arc::clone(&counters),
+                queue: std::sync::Mutex::default(),
+            });
             shards.push(Shard {
                 publisher,
                 commands: tx,
                 connected,
                 run_id,
                 generation,
+                history,
             });
         }
         let census = Arc::new(Census {
@@ -316,7 +535,6 @@ impl RedisBroker {
         tokio::spawn(Arc::clone(&census).run(clients));
         Ok(RedisBroker {
             timeout: config.timeout,
-            publish_history: redis::Script::new(PUBLISH_HISTORY),
             read_history: redis::Script::new(READ_HISTORY),
             census,
             node,
@@ -407,27 +625,8 @@ impl Broker for RedisBroker {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(u64, String), String>> {
         Box::pin(async move {
-            let (shard, pubsub) = self.route(Some(channel));
-            let mut conn = shard.publisher.clone();
-            let (believed, token) = shard.run_id();
-            let result: redis::RedisResult<(u64, String, String)> = self
-                .publish_history
-                .key(format!("{}m:{channel}", self.prefix))
-                .key(format!("{}h:{channel}", self.prefix))
-                .arg(json_head)
-                .arg(&self.node[..])
-                .arg(size)
-                .arg(ttl_ms(ttl))
-                .arg(pubsub)
-                .arg(believed)
-                .invoke_async(&mut conn)
-                .await;
-            if result.is_err() {
-                shard.failed();
-            }
-            let (offset, epoch, run) = self.counted(result)?;
-            shard.learn_run_id(run, token);
-            Ok((offset, epoch))
+            let shard = &self.shards[self.ring.shard(channel)];
+            shard.history.publish(channel, json_head, size, ttl).await
         })
     }
 
