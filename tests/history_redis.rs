@@ -136,6 +136,54 @@ async fn concurrent_publishers_on_two_nodes_deliver_every_offset_once_in_order_w
     b.stop().await;
 }
 
+/// History publishes made while a script call is running queue up for the next call; when the
+/// running one's publisher gives up, the queued ones still get their call, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_publishes_queued_behind_one_whose_publisher_gave_up_still_go_out_in_order() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let mut ws = a.connect().await;
+    subscribe_at(&mut ws, "feed:q", None).await;
+    a.hub.publish("feed:q", &numbered(1)).await.unwrap();
+    assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(1));
+    redis
+        .query(&["CLIENT", "PAUSE", "600", "ALL"])
+        .await
+        .unwrap();
+    let hub = a.hub.clone();
+    let first = tokio::spawn(async move { hub.publish("feed:q", &numbered(2)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut queued = Vec::new();
+    for i in 3..=5 {
+        let hub = a.hub.clone();
+        queued.push(tokio::spawn(async move {
+            hub.publish("feed:q", &numbered(i)).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!first.is_finished(), "Redis is paused");
+    first.abort();
+    for q in queued {
+        let report = tokio::time::timeout(WAIT, q)
+            .await
+            .expect("a queued publish was left waiting")
+            .unwrap()
+            .expect("published once Redis is back");
+        assert_eq!(report.enqueued, 1);
+    }
+    // The publication whose publisher gave up was sent already: Redis stored it first.
+    for i in 2..=5 {
+        let v = recv_json(&mut ws).await;
+        assert_eq!(
+            (v["offset"].as_u64(), v["data"].as_u64()),
+            (Some(i), Some(i))
+        );
+    }
+    expect_silence(&mut ws, Duration::from_millis(100)).await;
+    close(ws).await;
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_cut_repeatedly_resumes_on_any_node_without_loss() {
     const TOTAL: u64 = 300;
