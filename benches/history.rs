@@ -1,9 +1,10 @@
 //! The cost of history: publishing on a channel with history against the same channel
 //! without, in memory (1 and 1,000 detached subscribers, the enqueue path) and through the
 //! Redis broker (a local `redis-server` on a free port, started by the bench when it is on
-//! PATH; one local subscriber, so a publish on the history channel waits until its copy came
-//! back from Redis and was delivered). The Redis part also prints the redis-server's CPU time
-//! per publish, from `/proc`.
+//! PATH; one local subscriber, delivered in offset order: at once when the publication is the
+//! next one, else when its copy comes back from Redis). The Redis part also prints the CPU
+//! time per publish of this process (the node) and of redis-server, from `/proc`: medians of
+//! rounds that alternate plain and history publishes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,56 +143,88 @@ fn through_redis(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for channel in ["plain", "hist:a"] {
         group.bench_function(BenchmarkId::from_parameter(channel), |b| {
-            b.to_async(&rt).iter(|| async {
-                let report = hub.publish(channel, &msg).await.unwrap();
-                assert_eq!(report.enqueued, 1);
-                subscriber.drain_detached();
+            b.iter_custom(|iters| {
+                let (hub, msg, subscriber) = (hub.clone(), msg.clone(), subscriber.clone());
+                rt.block_on(rt.spawn(async move {
+                    let t0 = Instant::now();
+                    for _ in 0..iters {
+                        let report = hub.publish(channel, &msg).await.unwrap();
+                        assert_eq!(report.enqueued, 1);
+                        subscriber.drain_detached();
+                    }
+                    t0.elapsed()
+                }))
+                .unwrap()
             });
         });
     }
     group.finish();
     // CPU per publish, of this process (the node) and of redis-server, and the wall time: a
-    // fixed number of publishes of each kind, one at a time and from 16 tasks at once.
+    // fixed number of publishes of each kind, one at a time and from 16 tasks at once,
+    // alternating, in several rounds; medians.
     const N: u32 = 20_000;
+    const ROUNDS: usize = 5;
+    let per = |s: f64| s * 1e6 / f64::from(N);
     for tasks in [1u32, 16] {
-        for channel in ["plain", "hist:a"] {
-            let (node0, redis0, t0) = (
-                cpu_seconds(std::process::id()),
-                cpu_seconds(redis.0.id()),
-                Instant::now(),
-            );
-            rt.block_on(async {
-                let workers: Vec<_> = (0..tasks)
-                    .map(|_| {
-                        let (hub, msg) = (hub.clone(), msg.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..N / tasks {
-                                hub.publish(channel, &msg).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for w in workers {
-                    w.await.unwrap();
-                }
-                subscriber.drain_detached();
-            });
-            let wall = t0.elapsed().as_secs_f64();
-            if let (Some(n0), Some(r0), Some(n1), Some(r1)) = (
-                node0,
-                redis0,
-                cpu_seconds(std::process::id()),
-                cpu_seconds(redis.0.id()),
-            ) {
-                let per = |s: f64| s * 1e6 / f64::from(N);
-                eprintln!(
-                    "history_redis: {tasks:2} publishing task(s), {channel:6}: {:.1} µs wall, node CPU {:.1} µs, redis-server CPU {:.1} µs per publish",
-                    per(wall),
-                    per(n1 - n0),
-                    per(r1 - r0)
+        // Per kind: (wall, node CPU, redis-server CPU) of each round, in µs per publish.
+        let mut rounds: [Vec<[f64; 3]>; 2] = Default::default();
+        for _ in 0..ROUNDS {
+            for (kind, channel) in ["plain", "hist:a"].into_iter().enumerate() {
+                let (node0, redis0, t0) = (
+                    cpu_seconds(std::process::id()),
+                    cpu_seconds(redis.0.id()),
+                    Instant::now(),
                 );
+                rt.block_on(async {
+                    let workers: Vec<_> = (0..tasks)
+                        .map(|_| {
+                            let (hub, msg) = (hub.clone(), msg.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..N / tasks {
+                                    hub.publish(channel, &msg).await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for w in workers {
+                        w.await.unwrap();
+                    }
+                    subscriber.drain_detached();
+                });
+                let wall = t0.elapsed().as_secs_f64();
+                if let (Some(n0), Some(r0), Some(n1), Some(r1)) = (
+                    node0,
+                    redis0,
+                    cpu_seconds(std::process::id()),
+                    cpu_seconds(redis.0.id()),
+                ) {
+                    rounds[kind].push([per(wall), per(n1 - n0), per(r1 - r0)]);
+                }
             }
         }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let mut totals = [0.0; 2];
+        for (kind, channel) in ["plain", "hist:a"].into_iter().enumerate() {
+            let column = |i: usize| rounds[kind].iter().map(|r| r[i]).collect::<Vec<_>>();
+            let (wall, node, redis) = (
+                median(&mut column(0)),
+                median(&mut column(1)),
+                median(&mut column(2)),
+            );
+            totals[kind] = median(&mut rounds[kind].iter().map(|r| r[1] + r[2]).collect());
+            eprintln!(
+                "history_redis: {tasks:2} publishing task(s), {channel:6}: {wall:.1} µs wall, node CPU {node:.1} µs, redis-server CPU {redis:.1} µs per publish (medians of {ROUNDS})"
+            );
+        }
+        eprintln!(
+            "history_redis: {tasks:2} publishing task(s): node + redis-server CPU per publish {:.1} against {:.1} µs, {:.2}x",
+            totals[1],
+            totals[0],
+            totals[1] / totals[0]
+        );
     }
 }
 
