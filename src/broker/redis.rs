@@ -303,6 +303,21 @@ impl HistoryWriter {
             .unwrap_or_else(|_| Err("Redis publish abandoned (shutting down)".to_owned()))
     }
 
+    /// Script calls for the queued publishes, until none is left.
+    async fn drain(&self) {
+        loop {
+            let batch: Vec<QueuedPublish> = {
+                let mut queue = self.queue();
+                if queue.waiting.is_empty() {
+                    return;
+                }
+                let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
+                queue.waiting.drain(..n).collect()
+            };
+            self.call(batch).await;
+        }
+    }
+
     /// One script call for `batch`; every publish learns its result.
     async fn call(&self, batch: Vec<QueuedPublish>) {
         let (believed, token) = current_run_id(&self.run_id);
@@ -356,30 +371,31 @@ impl HistoryWriter {
 }
 
 /// The turn to make script calls on a [`HistoryWriter`]: when it ends (the call finished, or
-/// its publisher gave up), the publishes queued meanwhile get the next call, in a task of
-/// their own, so no publisher waits for more than its own call.
+/// its publisher gave up), the publishes queued meanwhile get the next calls, made by a task
+/// of their own that runs while publishes keep queuing up, so no publisher waits for more
+/// than its own call.
 struct Turn(Arc<HistoryWriter>);
 
 impl Drop for Turn {
     fn drop(&mut self) {
         let writer = &self.0;
-        let mut queue = writer.queue();
-        if queue.waiting.is_empty() {
-            queue.busy = false;
-            return;
+        {
+            let mut queue = writer.queue();
+            if queue.waiting.is_empty() {
+                queue.busy = false;
+                return;
+            }
         }
-        let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
-        let batch: Vec<QueuedPublish> = queue.waiting.drain(..n).collect();
-        drop(queue);
         let next = Turn(Arc::clone(writer));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                next.0.call(batch).await;
+                next.0.drain().await;
                 drop(next);
             });
         }
-        // Without a runtime (it is shutting down) the batch and `next` are dropped here: the
-        // publishers learn that their publish was abandoned, and so do the rest in turn.
+        // Without a runtime (it is shutting down) `next` is dropped here, and with it the
+        // queued publishes, a batch at a time: their publishers learn that they were
+        // abandoned.
     }
 }
 
