@@ -183,14 +183,22 @@ impl HistoryStore {
     /// Brings a locked log up to date: one idle for longer than the TTL lost its history, so
     /// it starts again with a new epoch at offset 0; otherwise expired entries are dropped.
     pub(crate) fn refresh(&self, st: &mut LogState, now: Instant) {
-        if now.saturating_duration_since(st.touched) > self.ttl {
-            st.epoch = new_epoch();
-            st.last = 0;
-            st.entries.clear();
-            st.touched = now;
-        } else {
+        if !self.renew_if_idle(st, now) {
             st.prune(now, self.size, self.ttl);
         }
+    }
+
+    /// The part of [`HistoryStore::refresh`] an append needs (it trims after appending):
+    /// a log idle past the TTL starts a new epoch. Whether it did.
+    pub(crate) fn renew_if_idle(&self, st: &mut LogState, now: Instant) -> bool {
+        if now.saturating_duration_since(st.touched) <= self.ttl {
+            return false;
+        }
+        st.epoch = new_epoch();
+        st.last = 0;
+        st.entries.clear();
+        st.touched = now;
+        true
     }
 
     /// The log of `channel` if it exists and is not idle past the TTL.

@@ -674,7 +674,7 @@ impl Hub {
             None => history.log(channel, now),
         };
         let mut st = log.lock();
-        history.refresh(&mut st, now);
+        history.renew_if_idle(&mut st, now);
         let frame = st.append(now, |p| {
             message.encode_frame_at(Some(channel), SystemTime::now(), Some((p.offset, &p.epoch)))
         });
