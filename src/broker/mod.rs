@@ -14,6 +14,11 @@
 //!   client's subscribe completes only once Redis confirmed it; the last leave unsubscribes.
 //!   Subscribe/unsubscribe commands for a channel are issued in the order the joins and leaves
 //!   happened, so a leave racing a join cannot leave the node unsubscribed.
+//! - **History channels** are the exception: Redis assigns each publication its offset
+//!   (a Lua script appends it to the channel's stream and publishes it), and every node
+//!   delivers them in offset order. The origin delivers its own publication as soon as the
+//!   script answers if it is the next one, else when its copy arrives. Concurrent history
+//!   publishes on one shard go to Redis together, one script call at a time (a group commit).
 //! - **Encode once per node.** The origin sends the exact JSON text; each node frames it once
 //!   and shares it with all its subscribers.
 //! - **Sharding.** With several Redis URLs, channels are spread over them by consistent hashing
