@@ -565,15 +565,21 @@ impl Hub {
     /// message is then handed to the broker for the other nodes and the future resolves once
     /// the broker accepted it.
     ///
+    /// On a channel with history and a broker, the broker assigns the offset first and every
+    /// node, this one included, delivers in offset order; the report is what this node
+    /// delivered (see [`HubConfig::history`]).
+    ///
     /// # Errors
     /// [`PublishError`] for an invalid channel name or a hub that is shutting down (then no
     /// client got the message), or [`PublishError::Broker`] when the broker did not accept
     /// it: this node's subscribers got it (the error carries the local report), other nodes
-    /// did not.
+    /// did not. On a channel with history and a broker, nobody got it.
     ///
     /// # Cancel safety
     /// Local delivery happens in the first poll. Dropping the future later may leave the
-    /// message undelivered to other nodes.
+    /// message undelivered to other nodes. On a channel with history and a broker, a
+    /// publish dropped before it resolves may or may not have been stored and delivered
+    /// (everywhere, this node included, in offset order).
     pub async fn publish(
         &self,
         channel: &str,
