@@ -262,6 +262,7 @@ pub(crate) struct RemoteState {
 
 /// At most this many of a channel's own publications wait for their broker copy to be
 /// skipped ([`RemoteState::direct`]); beyond it, publishers wait for their copy instead.
+#[cfg(feature = "redis")]
 pub(crate) const DIRECT_MAX: usize = 1024;
 
 /// See [`RemoteState::last`].
@@ -312,6 +313,7 @@ impl RemoteState {
     /// Whether this node's own publication at `offset` (through the broker subscription) was
     /// delivered by its publisher already; earlier direct ones whose copies never came are
     /// forgotten.
+    #[cfg(feature = "redis")]
     pub(crate) fn skip_direct(&mut self, instance: u64, epoch: &str, offset: u64) -> bool {
         if self.direct.is_empty() {
             return false;
@@ -533,6 +535,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn copies_of_directly_delivered_publications_are_skipped_once() {
         let mut st = RemoteState::default();
         st.set_last(LivePosition::new("e", 5, 1, 7, true));
