@@ -470,6 +470,17 @@ async fn redis_history_older_than_the_ttl_is_gone() {
 /// through pub/sub: exactly what a node sees when its subscription was lost while
 /// another node published.
 async fn store_without_delivery(redis: &RedisServer, channel: &str, data: u64) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    store_without_delivery_on(&mut conn, channel, data).await;
+}
+
+/// [`store_without_delivery`] on a given connection.
+async fn store_without_delivery_on(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    data: u64,
+) {
     const STORE: &str = r#"
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
@@ -481,8 +492,13 @@ return offset
         r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
     );
     let (meta, stream) = (format!("wshub:m:{channel}"), format!("wshub:h:{channel}"));
-    redis
-        .query(&["EVAL", STORE, "2", &meta, &stream, &head])
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg(STORE)
+        .arg(2)
+        .arg(meta)
+        .arg(stream)
+        .arg(head)
+        .query_async(conn)
         .await
         .expect("store a publication");
 }
@@ -547,6 +563,61 @@ async fn a_node_that_missed_a_publication_closes_its_subscribers_who_resume_and_
     assert_eq!(a.hub.counters().history_gaps, 1);
     resume_recovers(&a, "feed:gap", &epoch, &[5]).await;
     a.stop().await;
+}
+
+/// A publication this node never got while a client was recovering (right after the stored
+/// history the client read) closes that client with 1012, whether the node notices the hole
+/// in the channel's live stream or in what it held for the client; its next resume recovers
+/// the missed one.
+#[tokio::test]
+async fn a_publication_missed_while_a_client_recovers_closes_it_and_its_resume_recovers_it() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (node(&redis, 100).await, node(&redis, 100).await);
+    for i in 1..=3 {
+        b.hub.publish("feed:hole", &numbered(i)).await.unwrap();
+    }
+    let epoch = b.hub.history("feed:hole", 0, 10).await.unwrap().epoch;
+    // Redis holds back scripts and writes for a moment; subscriptions go through. Redis then
+    // runs what it held in the order it came: A's history read for the resuming client,
+    // publication 4 stored without delivery, publication 5 published from B.
+    redis
+        .query(&["CLIENT", "PAUSE", "800", "WRITE"])
+        .await
+        .unwrap();
+    let mut ws = a.connect().await;
+    send(
+        &mut ws,
+        &format!(r#"{{"type":"subscribe","channel":"feed:hole","offset":1,"epoch":"{epoch}"}}"#),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let store = {
+        let url = redis.url();
+        tokio::spawn(async move {
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            conn.set_response_timeout(WAIT); // it waits for the pause to end
+            store_without_delivery_on(&mut conn, "feed:hole", 4).await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let publish = {
+        let hub = b.hub.clone();
+        tokio::spawn(async move { hub.publish("feed:hole", &numbered(5)).await })
+    };
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    for i in 2..=3 {
+        assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(i));
+    }
+    let (code, reason) = recv_close(&mut ws).await;
+    assert_eq!(code, 1012, "{reason}");
+    expect_end(&mut ws).await;
+    store.await.unwrap();
+    publish.await.unwrap().unwrap();
+    resume_recovers(&a, "feed:hole", &epoch, &[5]).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
