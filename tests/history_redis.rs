@@ -27,6 +27,21 @@ async fn node(redis: &RedisServer, size: usize) -> TestServer {
     node_with(redis, config(size)).await
 }
 
+/// A node whose Redis commands may wait `timeout` (for tests that hold them in Redis).
+async fn node_with_timeout(redis: &RedisServer, timeout: Duration) -> TestServer {
+    node_on(&[redis], config(100), timeout).await
+}
+
+async fn node_on(shards: &[&RedisServer], config: HubConfig, timeout: Duration) -> TestServer {
+    let hub = Hub::builder()
+        .config(config)
+        .redis(RedisConfig::new(shards.iter().map(|r| r.url())).timeout(timeout))
+        .connect()
+        .await
+        .expect("connect to Redis");
+    TestServer::start(hub).await
+}
+
 async fn node_with(redis: &RedisServer, config: HubConfig) -> TestServer {
     let hub = Hub::builder()
         .config(config)
@@ -136,40 +151,51 @@ async fn concurrent_publishers_on_two_nodes_deliver_every_offset_once_in_order_w
     b.stop().await;
 }
 
-/// History publishes made while a script call is running queue up for the next call; when the
-/// running one's publisher gives up, the queued ones still get their call, in order.
+/// History publishes made while a script call is running queue up and go together in the next
+/// call, in order; a publisher that gives up holds up nobody, and a publication that Redis
+/// cannot store (another type of key under its channel's name) fails alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_publishes_queued_behind_one_whose_publisher_gave_up_still_go_out_in_order() {
+async fn queued_history_publishes_go_out_together_in_order_and_fail_alone() {
     let redis = RedisServer::start().await;
-    let a = node(&redis, 100).await;
+    let a = node_with_timeout(&redis, Duration::from_secs(10)).await;
     let mut ws = a.connect().await;
     subscribe_at(&mut ws, "feed:q", None).await;
     a.hub.publish("feed:q", &numbered(1)).await.unwrap();
     assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(1));
     redis
-        .query(&["CLIENT", "PAUSE", "600", "ALL"])
+        .query(&["SET", "wshub:m:feed:bad", "x"])
         .await
         .unwrap();
-    let hub = a.hub.clone();
-    let first = tokio::spawn(async move { hub.publish("feed:q", &numbered(2)).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut queued = Vec::new();
-    for i in 3..=5 {
+    redis
+        .query(&["CLIENT", "PAUSE", "60000", "WRITE"])
+        .await
+        .unwrap();
+    let publish = |channel: &'static str, i: u64| {
         let hub = a.hub.clone();
-        queued.push(tokio::spawn(async move {
-            hub.publish("feed:q", &numbered(i)).await
-        }));
+        tokio::spawn(async move { hub.publish(channel, &numbered(i)).await })
+    };
+    // The first call (publication 2) waits in Redis; the rest queue up behind it.
+    let first = publish("feed:q", 2);
+    redis.wait_blocked(1).await;
+    let mut queued = Vec::new();
+    for (channel, i) in [("feed:q", 3), ("feed:bad", 0), ("feed:q", 4), ("feed:q", 5)] {
+        queued.push((channel, publish(channel, i)));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!first.is_finished(), "Redis is paused");
     first.abort();
-    for q in queued {
-        let report = tokio::time::timeout(WAIT, q)
+    redis.query(&["CLIENT", "UNPAUSE"]).await.unwrap();
+    for (channel, q) in queued {
+        let result = tokio::time::timeout(WAIT, q)
             .await
             .expect("a queued publish was left waiting")
-            .unwrap()
-            .expect("published once Redis is back");
-        assert_eq!(report.enqueued, 1);
+            .unwrap();
+        match channel {
+            "feed:bad" => {
+                let error = result.expect_err("not a hash").to_string();
+                assert!(error.contains("WRONGTYPE"), "{error}");
+            }
+            _ => assert_eq!(result.expect("published").enqueued, 1),
+        }
     }
     // The publication whose publisher gave up was sent already: Redis stored it first.
     for i in 2..=5 {
@@ -179,6 +205,9 @@ async fn history_publishes_queued_behind_one_whose_publisher_gave_up_still_go_ou
             (Some(i), Some(i))
         );
     }
+    // The channel's position was kept: the next publish follows.
+    a.hub.publish("feed:q", &numbered(6)).await.unwrap();
+    assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(6));
     expect_silence(&mut ws, Duration::from_millis(100)).await;
     close(ws).await;
     a.stop().await;
@@ -571,40 +600,54 @@ async fn a_node_that_missed_a_publication_closes_its_subscribers_who_resume_and_
 /// the missed one.
 #[tokio::test]
 async fn a_publication_missed_while_a_client_recovers_closes_it_and_its_resume_recovers_it() {
-    let redis = RedisServer::start().await;
-    let (a, b) = (node(&redis, 100).await, node(&redis, 100).await);
-    for i in 1..=3 {
-        b.hub.publish("feed:hole", &numbered(i)).await.unwrap();
+    // Two shards: the channel lives on the second, whose Redis the test pauses; the nodes'
+    // client counts go to the first.
+    let (r1, r2) = (RedisServer::start().await, RedisServer::start().await);
+    let timeout = Duration::from_secs(10);
+    let a = node_on(&[&r1, &r2], config(100), timeout).await;
+    let b = node_on(&[&r1, &r2], config(100), timeout).await;
+    let mut channel = String::new();
+    for k in 0.. {
+        channel = format!("feed:hole{k}");
+        b.hub.publish(&channel, &numbered(1)).await.unwrap();
+        let meta = format!("wshub:m:{channel}");
+        if r2.query(&["EXISTS", &meta]).await.unwrap() == redis::Value::Int(1) {
+            break;
+        }
     }
-    let epoch = b.hub.history("feed:hole", 0, 10).await.unwrap().epoch;
-    // Redis holds back scripts and writes for a moment; subscriptions go through. Redis then
-    // runs what it held in the order it came: A's history read for the resuming client,
-    // publication 4 stored without delivery, publication 5 published from B.
-    redis
-        .query(&["CLIENT", "PAUSE", "800", "WRITE"])
+    for i in 2..=3 {
+        b.hub.publish(&channel, &numbered(i)).await.unwrap();
+    }
+    let epoch = b.hub.history(&channel, 0, 10).await.unwrap().epoch;
+    // Redis holds back scripts and writes (subscriptions go through), then runs them in the
+    // order they came: A's history read for the resuming client, publication 4 stored
+    // without delivery, publication 5 published from B.
+    r2.query(&["CLIENT", "PAUSE", "60000", "WRITE"])
         .await
         .unwrap();
     let mut ws = a.connect().await;
     send(
         &mut ws,
-        &format!(r#"{{"type":"subscribe","channel":"feed:hole","offset":1,"epoch":"{epoch}"}}"#),
+        &format!(r#"{{"type":"subscribe","channel":"{channel}","offset":1,"epoch":"{epoch}"}}"#),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    r2.wait_blocked(1).await;
     let store = {
-        let url = redis.url();
+        let (url, channel) = (r2.url(), channel.clone());
         tokio::spawn(async move {
             let client = redis::Client::open(url).unwrap();
             let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-            conn.set_response_timeout(WAIT); // it waits for the pause to end
-            store_without_delivery_on(&mut conn, "feed:hole", 4).await;
+            conn.set_response_timeout(WAIT);
+            store_without_delivery_on(&mut conn, &channel, 4).await;
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    r2.wait_blocked(2).await;
     let publish = {
-        let hub = b.hub.clone();
-        tokio::spawn(async move { hub.publish("feed:hole", &numbered(5)).await })
+        let (hub, channel) = (b.hub.clone(), channel.clone());
+        tokio::spawn(async move { hub.publish(&channel, &numbered(5)).await })
     };
+    r2.wait_blocked(3).await;
+    r2.query(&["CLIENT", "UNPAUSE"]).await.unwrap();
     let answer = recv_json(&mut ws).await;
     assert_eq!(answer["recovered"], true, "{answer}");
     for i in 2..=3 {
@@ -615,7 +658,7 @@ async fn a_publication_missed_while_a_client_recovers_closes_it_and_its_resume_r
     expect_end(&mut ws).await;
     store.await.unwrap();
     publish.await.unwrap().unwrap();
-    resume_recovers(&a, "feed:hole", &epoch, &[5]).await;
+    resume_recovers(&a, &channel, &epoch, &[5]).await;
     a.stop().await;
     b.stop().await;
 }

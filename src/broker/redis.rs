@@ -64,10 +64,13 @@ end
 /// the TTL after its last publication (and at most 1.5 TTLs), without two `PEXPIRE`s per
 /// publish.
 ///
+/// A publication whose channel's keys cannot take it (another type of key under the name)
+/// fails alone, before anything of it is written; the others go on.
+///
 /// KEYS: per publication, meta hash and stream. ARGV: node id, believed run id, then per
 /// publication JSON head, pub/sub channel, max length, TTL in ms. Publishes
 /// `<node id><offset> <epoch> <head>`. Returns {offset, epoch, ..., run id}, offsets as
-/// decimal strings.
+/// decimal strings; a failed publication has `-` and the error instead.
 const PUBLISH_HISTORY: &str = r#"
 local node, believed = ARGV[1], ARGV[2]
 local run, verified = believed, false
@@ -78,6 +81,9 @@ local function actual_run()
   end
   return run
 end
+local function failed(reply)
+  return type(reply) == 'table' and reply.err
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local channels, order, out = {}, {}, {}
@@ -87,27 +93,37 @@ for i = 1, #KEYS / 2 do
   local head, pubsub = ARGV[a + 1], ARGV[a + 2]
   local c = channels[meta]
   if not c then
-    local m = redis.call('HMGET', meta, 'e', 'r', 'o', 'x')
-    c = {meta = meta, stream = stream, ttl = tonumber(ARGV[a + 4]), epoch = m[1],
-         o = tonumber(m[3]) or 0, x = tonumber(m[4]) or 0}
-    if c.epoch and m[2] ~= run and m[2] ~= actual_run() then
-      c.epoch = false
-    end
-    if not c.epoch then
-      actual_run()
-      c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
-      c.new, c.o, c.x = true, 0, 0
-      redis.call('DEL', stream)
+    local m = redis.pcall('HMGET', meta, 'e', 'r', 'o', 'x')
+    if failed(m) then
+      c = {err = m.err}
+    else
+      c = {meta = meta, stream = stream, ttl = tonumber(ARGV[a + 4]), epoch = m[1],
+           o = tonumber(m[3]) or 0, x = tonumber(m[4]) or 0}
+      if c.epoch and m[2] ~= run and m[2] ~= actual_run() then
+        c.epoch = false
+      end
+      if not c.epoch then
+        actual_run()
+        c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
+        c.new, c.o, c.x = true, 0, 0
+        redis.call('DEL', stream)
+      end
+      order[#order + 1] = c
     end
     channels[meta] = c
-    order[#order + 1] = c
   end
-  c.o = c.o + 1
-  local offset = string.format('%d', c.o)
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[a + 3], offset .. '-0', 'd', head, 't', now)
-  redis.call('PUBLISH', pubsub, node .. offset .. ' ' .. c.epoch .. ' ' .. head)
-  out[#out + 1] = offset
-  out[#out + 1] = c.epoch
+  local offset = c.err == nil and string.format('%d', c.o + 1)
+  local added = c.err == nil and
+    redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[a + 3], offset .. '-0', 'd', head, 't', now)
+  if c.err or failed(added) then
+    out[#out + 1] = '-'
+    out[#out + 1] = c.err or added.err
+  else
+    c.o = c.o + 1
+    redis.call('PUBLISH', pubsub, node .. offset .. ' ' .. c.epoch .. ' ' .. head)
+    out[#out + 1] = offset
+    out[#out + 1] = c.epoch
+  end
 end
 for _, c in ipairs(order) do
   local half = math.floor(c.ttl / 2)
@@ -228,9 +244,11 @@ struct Shard {
     history: Arc<HistoryWriter>,
 }
 
-/// The history publishes of one shard: one script call at a time; those that arrive meanwhile
-/// queue up and go together in the next call (a group commit: they share the script's fixed
-/// cost and the round trip, and Redis still assigns offsets in the order they were made).
+/// The history publishes of one shard: one script call at a time, made by a task of its own
+/// while publishes are queued; those that arrive during a call go together in the next one (a
+/// group commit: they share the script's fixed cost and the round trip, and Redis still
+/// assigns offsets in the order they were made). No publisher holds up another: the calls
+/// do not depend on any publisher's future being polled.
 struct HistoryWriter {
     conn: ConnectionManager,
     script: redis::Script,
@@ -244,7 +262,7 @@ struct HistoryWriter {
 /// See [`HistoryWriter`].
 #[derive(Default)]
 struct HistoryQueue {
-    /// A script call is running (or a task is about to make the next one).
+    /// The task that makes the calls is running.
     busy: bool,
     waiting: Vec<QueuedPublish>,
 }
@@ -260,6 +278,9 @@ struct QueuedPublish {
 /// At most this many publications go into one script call (Redis runs nothing else meanwhile).
 const MAX_HISTORY_BATCH: usize = 128;
 
+/// What a publisher learns when its queued publish was dropped before it was sent.
+const ABANDONED: &str = "Redis publish abandoned (the runtime is shutting down)";
+
 impl HistoryWriter {
     fn queue(&self) -> std::sync::MutexGuard<'_, HistoryQueue> {
         self.queue
@@ -267,8 +288,8 @@ impl HistoryWriter {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Appends a publication to `channel`'s history and publishes it: at once if no call is
-    /// running, else with the next call. Resolves to its offset and epoch.
+    /// Appends a publication to `channel`'s history and publishes it, with the next script
+    /// call. Resolves to its offset and epoch.
     async fn publish(
         self: &Arc<Self>,
         channel: &str,
@@ -284,31 +305,31 @@ impl HistoryWriter {
             ttl_ms: ttl_ms(ttl),
             done,
         };
-        let turn = {
+        let start = {
             let mut queue = self.queue();
-            if queue.busy {
-                queue.waiting.push(publish);
-                None
-            } else {
-                queue.busy = true;
-                Some((Turn(Arc::clone(self)), publish))
-            }
+            queue.waiting.push(publish);
+            !std::mem::replace(&mut queue.busy, true)
         };
-        if let Some((turn, publish)) = turn {
-            self.call(vec![publish]).await;
-            drop(turn);
+        if start {
+            let writer = Arc::clone(self);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(async move { writer.drain().await })),
+                // Not on a Tokio runtime (the Redis connection needs one anyway).
+                Err(_) => Draining::new(&writer).stop(),
+            }
         }
-        result
-            .await
-            .unwrap_or_else(|_| Err("Redis publish abandoned (shutting down)".to_owned()))
+        result.await.unwrap_or_else(|_| Err(ABANDONED.to_owned()))
     }
 
     /// Script calls for the queued publishes, until none is left.
     async fn drain(&self) {
+        let draining = Draining::new(self);
         loop {
             let batch: Vec<QueuedPublish> = {
                 let mut queue = self.queue();
                 if queue.waiting.is_empty() {
+                    queue.busy = false;
+                    draining.done();
                     return;
                 }
                 let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
@@ -334,7 +355,6 @@ impl HistoryWriter {
         }
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<Vec<String>> = invocation.invoke_async(&mut conn).await;
-        let n = batch.len() as u64;
         let mut flat = match result {
             Ok(flat) if flat.len() == 2 * batch.len() + 1 => flat,
             other => {
@@ -345,14 +365,15 @@ impl HistoryWriter {
                     Err(e) => format!("Redis publish failed: {e}"),
                     Ok(_) => "Redis publish failed: malformed script reply".to_owned(),
                 };
-                self.counters.publish_errors.fetch_add(n, Ordering::Relaxed);
+                self.counters
+                    .publish_errors
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for p in batch {
                     let _ = p.done.send(Err(reason.clone()));
                 }
                 return;
             }
         };
-        self.counters.published.fetch_add(n, Ordering::Relaxed);
         if let Some(run) = flat.pop() {
             learn_run_id(&self.run_id, run, token);
         }
@@ -361,41 +382,57 @@ impl HistoryWriter {
             let (Some(offset), Some(epoch)) = (flat.next(), flat.next()) else {
                 break;
             };
-            let result = offset
-                .parse()
-                .map(|offset| (offset, epoch))
-                .map_err(|_| "Redis publish failed: malformed offset".to_owned());
+            let result = match offset.parse() {
+                Ok(offset) => Ok((offset, epoch)),
+                // `-` and the error: this publication was not stored.
+                Err(_) => Err(format!("Redis publish failed: {epoch}")),
+            };
+            let counter = match result {
+                Ok(_) => &self.counters.published,
+                Err(_) => &self.counters.publish_errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             let _ = p.done.send(result);
         }
     }
 }
 
-/// The turn to make script calls on a [`HistoryWriter`]: when it ends (the call finished, or
-/// its publisher gave up), the publishes queued meanwhile get the next calls, made by a task
-/// of their own that runs while publishes keep queuing up, so no publisher waits for more
-/// than its own call.
-struct Turn(Arc<HistoryWriter>);
+/// While a [`HistoryWriter`]'s task makes its calls. If the task ends before the queue is
+/// empty (the runtime is shutting down and dropped it), the queue is cleared and left idle:
+/// the publishers still waiting learn that their publish was abandoned.
+struct Draining<'a> {
+    writer: &'a HistoryWriter,
+    done: std::cell::Cell<bool>,
+}
 
-impl Drop for Turn {
+impl<'a> Draining<'a> {
+    fn new(writer: &'a HistoryWriter) -> Self {
+        Draining {
+            writer,
+            done: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The queue is empty and idle: nothing to clear.
+    fn done(&self) {
+        self.done.set(true);
+    }
+
+    /// Clears the queue now.
+    fn stop(self) {}
+}
+
+impl Drop for Draining<'_> {
     fn drop(&mut self) {
-        let writer = &self.0;
-        {
-            let mut queue = writer.queue();
-            if queue.waiting.is_empty() {
-                queue.busy = false;
-                return;
-            }
+        if self.done.get() {
+            return;
         }
-        let next = Turn(Arc::clone(writer));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                next.0.drain().await;
-                drop(next);
-            });
-        }
-        // Without a runtime (it is shutting down) `next` is dropped here, and with it the
-        // queued publishes, a batch at a time: their publishers learn that they were
-        // abandoned.
+        let waiting = {
+            let mut queue = self.writer.queue();
+            queue.busy = false;
+            std::mem::take(&mut queue.waiting)
+        };
+        drop(waiting); // outside the lock: each drop wakes a publisher
     }
 }
 

@@ -107,6 +107,33 @@ impl RedisServer {
         v.sort();
         v
     }
+
+    /// Waits until `n` clients are blocked (with `CLIENT PAUSE WRITE`: held back with a write
+    /// or a script, which Redis runs in the order they came once unpaused).
+    pub async fn wait_blocked(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let info = match self.query(&["INFO", "clients"]).await.unwrap() {
+                redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+                redis::Value::VerbatimString { text, .. } => text,
+                other => panic!("INFO clients: {other:?}"),
+            };
+            let blocked: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("blocked_clients:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("blocked_clients in INFO clients");
+            if blocked >= n {
+                assert_eq!(blocked, n, "more clients blocked than expected");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {blocked} of {n} clients got blocked"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for RedisServer {
