@@ -573,7 +573,8 @@ impl Hub {
     /// [`PublishError`] for an invalid channel name or a hub that is shutting down (then no
     /// client got the message), or [`PublishError::Broker`] when the broker did not accept
     /// it: this node's subscribers got it (the error carries the local report), other nodes
-    /// did not. On a channel with history and a broker, nobody got it.
+    /// did not. On a channel with history and a broker, nobody got it, except after a
+    /// timeout: the broker may still store and deliver it (everywhere, in offset order).
     ///
     /// # Cancel safety
     /// Local delivery happens in the first poll. Dropping the future later may leave the
