@@ -54,7 +54,7 @@ fn wshub_env(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Proc {
 }
 
 /// `examples/client`, built (or found up to date) next to the `wshub` binary of this run.
-fn example_client() -> &'static Path {
+fn example_client_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let profile_dir = Path::new(env!("CARGO_BIN_EXE_wshub"))
@@ -76,7 +76,32 @@ fn example_client() -> &'static Path {
     })
 }
 
-/// The example client's stdout, line by line, read on a thread.
+/// The example client, subscribed to `channel` at `url`: what it prints on stdout (one JSON
+/// message per line) and on stderr (its status). Killed when dropped.
+struct ExampleClient {
+    _proc: Proc,
+    messages: Lines,
+    status: Lines,
+}
+
+fn example_client(url: &str, channel: &str) -> ExampleClient {
+    let mut child = Command::new(example_client_path())
+        .arg(url)
+        .arg(channel)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the example client");
+    let messages = Lines::new(child.stdout.take().expect("stdout"));
+    let status = Lines::new(child.stderr.take().expect("stderr"));
+    ExampleClient {
+        _proc: Proc(child),
+        messages,
+        status,
+    }
+}
+
+/// A child's output, line by line, read on a thread.
 struct Lines(mpsc::Receiver<String>);
 
 impl Lines {
@@ -131,7 +156,7 @@ async fn publish(node: SocketAddr, channel: &str, n: u64) {
 
 #[tokio::test]
 async fn the_example_client_on_one_node_resumes_across_its_restart_without_losing_a_message() {
-    let client_bin = example_client();
+    example_client_path(); // built before the servers start
     let redis = RedisServer::start().await;
     let url = redis.url();
     let args = ["--redis", &url, "--history", "feed:*"];
@@ -139,15 +164,8 @@ async fn the_example_client_on_one_node_resumes_across_its_restart_without_losin
     let mut a = Some(wshub(a_addr, &args));
     let _b = wshub(b_addr, &args);
 
-    let mut client = Command::new(client_bin)
-        .arg(format!("ws://{a_addr}/ws"))
-        .arg("feed:x")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the example client");
-    let lines = Lines::new(client.stdout.take().expect("stdout"));
-    let _client = Proc(client);
+    let client = example_client(&format!("ws://{a_addr}/ws"), "feed:x");
+    let lines = &client.messages;
 
     // The client subscribes on node A; what is published on node B reaches it, each message
     // one JSON line with its position.
@@ -363,19 +381,11 @@ async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
 
 #[tokio::test]
 async fn the_example_client_prints_every_message_across_a_plain_server_restart() {
-    let client_bin = example_client();
+    example_client_path(); // built before the servers start
     let addr = free_addr();
     let mut server = Some(wshub(addr, &[]));
-    let mut client = Command::new(client_bin)
-        .arg(format!("ws://{addr}/ws"))
-        .arg("news")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the example client");
-    let lines = Lines::new(client.stdout.take().expect("stdout"));
-    let status = Lines::new(client.stderr.take().expect("stderr"));
-    let _client = Proc(client);
+    let client = example_client(&format!("ws://{addr}/ws"), "news");
+    let (lines, status) = (&client.messages, &client.status);
     // "connected" is announced once the server confirmed the subscription.
     status.wait_for("client: connected to", WAIT);
     let check = |v: serde_json::Value, n: u64| {

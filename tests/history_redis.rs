@@ -536,6 +536,18 @@ return offset
         .expect("store a publication");
 }
 
+/// Redis drops every pub/sub connection; returns once `node` has reconnected its subscriber.
+async fn lose_subscription_until_back(redis: &RedisServer, node: &TestServer) {
+    redis
+        .query(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await
+        .unwrap();
+    eventually("the node re-subscribed", || {
+        node.hub.counters().broker.reconnects >= 1
+    })
+    .await;
+}
+
 /// Waits until Redis has forgotten `channel`'s history (its TTL ran out).
 async fn history_expired(redis: &RedisServer, channel: &str) {
     let meta = format!("wshub:m:{channel}");
@@ -693,14 +705,7 @@ async fn a_lost_redis_subscription_that_missed_nothing_disturbs_nobody() {
     let redis = RedisServer::start().await;
     let a = node(&redis, 100).await;
     let (mut ws, _) = subscribed_through_3(&a, "feed:calm").await;
-    redis
-        .query(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .await
-        .unwrap();
-    eventually("the node re-subscribed", || {
-        a.hub.counters().broker.reconnects >= 1
-    })
-    .await;
+    lose_subscription_until_back(&redis, &a).await;
     expect_silence(&mut ws, Duration::from_secs(1)).await;
     a.hub.publish("feed:calm", &numbered(4)).await.unwrap();
     assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(4));
@@ -852,14 +857,7 @@ async fn history_that_expires_after_a_reconnect_that_missed_nothing_is_no_gap() 
     let redis = RedisServer::start().await;
     let a = node_with(&redis, config(100).history_ttl(Duration::from_secs(2))).await;
     let (mut ws, _) = subscribed_through_3(&a, "feed:ttl2").await;
-    redis
-        .query(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .await
-        .unwrap();
-    eventually("the node re-subscribed", || {
-        a.hub.counters().broker.reconnects >= 1
-    })
-    .await;
+    lose_subscription_until_back(&redis, &a).await;
     history_expired(&redis, "feed:ttl2").await;
     // A new epoch, through the new connection, after a check that found nothing missed.
     a.hub.publish("feed:ttl2", &numbered(4)).await.unwrap();
