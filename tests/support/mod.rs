@@ -30,7 +30,6 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A hub with `config` and no hooks.
 /// An address on 127.0.0.1 with a port that was free a moment ago (nothing listens on it).
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -38,6 +37,7 @@ pub fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
+/// A hub with `config` and no hooks.
 pub fn hub(config: HubConfig) -> Hub {
     Hub::builder().config(config).build().expect("valid config")
 }
