@@ -315,7 +315,7 @@ impl HistoryWriter {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => drop(runtime.spawn(async move { writer.drain().await })),
                 // Not on a Tokio runtime (the Redis connection needs one anyway).
-                Err(_) => Draining::new(&writer).stop(),
+                Err(_) => drop(Draining::new(&writer)),
             }
         }
         result.await.unwrap_or_else(|_| Err(ABANDONED.to_owned()))
@@ -323,13 +323,13 @@ impl HistoryWriter {
 
     /// Script calls for the queued publishes, until none is left.
     async fn drain(&self) {
-        let draining = Draining::new(self);
+        let mut draining = Draining::new(self);
         loop {
             let batch: Vec<QueuedPublish> = {
                 let mut queue = self.queue();
                 if queue.waiting.is_empty() {
                     queue.busy = false;
-                    draining.done();
+                    draining.done = true;
                     return;
                 }
                 let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
@@ -397,34 +397,27 @@ impl HistoryWriter {
     }
 }
 
-/// While a [`HistoryWriter`]'s task makes its calls. If the task ends before the queue is
-/// empty (the runtime is shutting down and dropped it), the queue is cleared and left idle:
-/// the publishers still waiting learn that their publish was abandoned.
+/// While a [`HistoryWriter`]'s task makes its calls. If it is dropped before the queue was
+/// found empty (`done`: the runtime is shutting down and dropped the task, or there is no
+/// runtime to start one), the queue is cleared and left idle: the publishers still waiting
+/// learn that their publish was abandoned.
 struct Draining<'a> {
     writer: &'a HistoryWriter,
-    done: std::cell::Cell<bool>,
+    done: bool,
 }
 
 impl<'a> Draining<'a> {
     fn new(writer: &'a HistoryWriter) -> Self {
         Draining {
             writer,
-            done: std::cell::Cell::new(false),
+            done: false,
         }
     }
-
-    /// The queue is empty and idle: nothing to clear.
-    fn done(&self) {
-        self.done.set(true);
-    }
-
-    /// Clears the queue now.
-    fn stop(self) {}
 }
 
 impl Drop for Draining<'_> {
     fn drop(&mut self) {
-        if self.done.get() {
+        if self.done {
             return;
         }
         let waiting = {

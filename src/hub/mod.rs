@@ -652,15 +652,15 @@ impl Hub {
                 reason,
                 local: PublishReport::default(),
             })?;
-        if self.inner.channels.get(channel).is_none() {
+        let Some(ch) = self.inner.channels.get(channel) else {
             return Ok(PublishReport::default());
-        }
+        };
         #[cfg(feature = "redis")]
-        if let Some(report) = self.deliver_own_history(&name, &head, offset, &epoch) {
+        if let Some(report) = self.deliver_own_history(&ch, &name, &head, offset, &epoch) {
             return Ok(report);
         }
         #[cfg(not(feature = "redis"))]
-        let _ = epoch;
+        let _ = (ch, epoch);
         let report = self
             .inner
             .remote_history
@@ -1042,12 +1042,12 @@ impl Hub {
     #[cfg(feature = "redis")]
     fn deliver_own_history(
         &self,
+        ch: &registry::Channel,
         name: &ChannelName,
         head: &[u8],
         offset: u64,
         epoch: &str,
     ) -> Option<PublishReport> {
-        let ch = self.inner.channels.get(name.as_str())?;
         if !ch.activation.as_ref().is_none_or(|a| a.is_done()) {
             return None;
         }
@@ -1068,7 +1068,7 @@ impl Hub {
         last.offset = offset;
         st.direct.push_back(offset);
         let frame = crate::message::history_frame(head, offset, epoch);
-        Some(self.deliver_positioned(st, &ch, offset, epoch, &frame))
+        Some(self.deliver_positioned(st, ch, offset, epoch, &frame))
     }
 
     /// Delivers a broker-history publication to `ch`'s subscribers, under the channel's
