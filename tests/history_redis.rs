@@ -475,6 +475,38 @@ async fn a_flushed_redis_changes_the_epoch_and_a_resume_is_not_recovered() {
     a.stop().await;
 }
 
+/// The stream is the offset counter: when it is lost but the meta hash is not (evicted, or
+/// deleted by hand), the channel has no position to offer, and its next publication starts a
+/// new epoch at offset 1 rather than reusing offsets under the old one.
+#[tokio::test]
+async fn a_lost_stream_starts_a_new_epoch_even_when_the_meta_hash_survives() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    for i in 1..=3 {
+        a.hub.publish("feed:l", &numbered(i)).await.unwrap();
+    }
+    let old = a.hub.history("feed:l", 0, 10).await.unwrap().epoch;
+    redis.query(&["DEL", "wshub:s:feed:l"]).await.unwrap();
+    let gone = a.hub.history("feed:l", 0, 10).await.unwrap();
+    assert_eq!((gone.epoch.as_str(), gone.offset), ("", 0));
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:l", Some((3, &old))).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    a.hub.publish("feed:l", &numbered(4)).await.unwrap();
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["offset"].as_u64(), v["data"].as_u64()),
+        (Some(1), Some(4)),
+        "{v}"
+    );
+    let new = v["epoch"].as_str().unwrap();
+    assert!(!new.is_empty() && new != old, "{v}");
+    let stored = a.hub.history("feed:l", 0, 10).await.unwrap();
+    assert_eq!((stored.epoch.as_str(), stored.offset), (new, 1));
+    close(ws).await;
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn redis_history_older_than_the_ttl_is_gone() {
     let redis = RedisServer::start().await;
@@ -515,16 +547,14 @@ async fn store_without_delivery_on(
     data: u64,
 ) {
     const STORE: &str = r#"
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], offset .. '-0', 'd', ARGV[1], 't', ms)
-return offset
+return redis.call('XADD', KEYS[2], '0-*', 'd', ARGV[1], 't', ms)
 "#;
     let head = format!(
         r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
     );
-    let (meta, stream) = (format!("wshub:m:{channel}"), format!("wshub:h:{channel}"));
+    let (meta, stream) = (format!("wshub:m:{channel}"), format!("wshub:s:{channel}"));
     let _: redis::Value = redis::cmd("EVAL")
         .arg(STORE)
         .arg(2)

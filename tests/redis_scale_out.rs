@@ -421,7 +421,7 @@ async fn with_two_redis_shards_every_channel_works() {
     assert_eq!(got, (0..50).collect::<Vec<u64>>());
     let mut streams = Vec::new();
     for r in [&r1, &r2] {
-        match r.query(&["KEYS", "wshub:h:*"]).await.unwrap() {
+        match r.query(&["KEYS", "wshub:s:*"]).await.unwrap() {
             redis::Value::Array(keys) => streams.push(keys.len()),
             other => panic!("{other:?}"),
         }

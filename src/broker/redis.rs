@@ -19,8 +19,8 @@ use super::{
 
 /// Lua: sets `epoch` to the channel's epoch, or `false` when it has none that this Redis process
 /// can vouch for, and `run` to this process's run id as far as it was needed. KEYS[1] is the
-/// meta hash (`e` epoch, `o` last offset, `r` the run id of the Redis process that created the
-/// epoch); `believed` is the run id the node last saw (the script's last argument).
+/// meta hash (`e` epoch, `r` the run id of the Redis process that created the epoch); `believed`
+/// is the run id the node last saw (the script's last argument).
 ///
 /// A hash restored by another process (a restart from a snapshot or an append-only file, a
 /// failover to a replica) may lack the last publications while their offsets were handed out
@@ -55,14 +55,20 @@ end
 /// history publish of this node that queued up on the shard while the previous call was
 /// running (`HistoryWriter`): the script's fixed cost and the round trip are shared.
 ///
+/// The stream is the offset counter: entries have the ids `0-1`, `0-2`, … (`XADD` with `0-*`
+/// takes the next sequence number), and a trimmed stream keeps counting where it was. A stream
+/// that starts again at `0-1` (it expired, was deleted, or is new) starts a new epoch. Redis
+/// calls made from a script cost microseconds each, so a publication makes three (`HMGET`
+/// only for the first publication of a channel in a call, `XADD`, `PUBLISH`) and the meta hash
+/// is written only when an epoch starts or the expiry is pushed back.
+///
 /// The stream keeps the JSON head (without its closing brace); nodes complete it with the
 /// position (`message::history_frame`), so the script builds no JSON. The stream is trimmed
 /// approximately (`MAXLEN ~`, much cheaper than exact trimming); reads apply the exact window.
 /// The meta hash holds the epoch (`e`), the run id that created it (`r`, see
-/// `current_epoch!`), the last offset (`o`) and when the keys' expiry must next be pushed
-/// back (`x`): every half TTL, to one and a half TTLs, so a channel's history lives at least
-/// the TTL after its last publication (and at most 1.5 TTLs), without two `PEXPIRE`s per
-/// publish.
+/// `current_epoch!`) and when the keys' expiry must next be pushed back (`x`): every half
+/// TTL, to one and a half TTLs, so a channel's history lives at least the TTL after its last
+/// publication (and at most 1.5 TTLs), without two `PEXPIRE`s per publish.
 ///
 /// A publication whose channel's keys cannot take it (another type of key under the name)
 /// fails alone, before anything of it is written; the others go on.
@@ -72,8 +78,8 @@ end
 /// `<node id><offset> <epoch> <head>`. Returns {offset, epoch, ..., run id}, offsets as
 /// decimal strings; a failed publication has `-` and the error instead.
 const PUBLISH_HISTORY: &str = r#"
-local node, believed = ARGV[1], ARGV[2]
-local run, verified = believed, false
+local node, run = ARGV[1], ARGV[2]
+local verified = false
 local function actual_run()
   if not verified then
     run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
@@ -81,46 +87,40 @@ local function actual_run()
   end
   return run
 end
-local function failed(reply)
-  return type(reply) == 'table' and reply.err
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local channels, order, out = {}, {}, {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
   local a = 2 + 4 * (i - 1)
-  local head, pubsub = ARGV[a + 1], ARGV[a + 2]
+  local head = ARGV[a + 1]
   local c = channels[meta]
   if not c then
-    local m = redis.pcall('HMGET', meta, 'e', 'r', 'o', 'x')
-    if failed(m) then
+    local m = redis.pcall('HMGET', meta, 'e', 'r', 'x')
+    if m.err then
       c = {err = m.err}
     else
       c = {meta = meta, stream = stream, ttl = tonumber(ARGV[a + 4]), epoch = m[1],
-           o = tonumber(m[3]) or 0, x = tonumber(m[4]) or 0}
-      if c.epoch and m[2] ~= run and m[2] ~= actual_run() then
-        c.epoch = false
-      end
-      if not c.epoch then
-        actual_run()
-        c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
-        c.new, c.o, c.x = true, 0, 0
+           x = tonumber(m[3]) or 0}
+      if not (c.epoch and (m[2] == run or m[2] == actual_run())) then
         redis.call('DEL', stream)
       end
       order[#order + 1] = c
     end
     channels[meta] = c
   end
-  local offset = c.err == nil and string.format('%d', c.o + 1)
-  local added = c.err == nil and
-    redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[a + 3], offset .. '-0', 'd', head, 't', now)
-  if c.err or failed(added) then
+  local id = c.err or redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[a + 3], '0-*', 'd', head, 't', now)
+  if c.err or id.err then
     out[#out + 1] = '-'
-    out[#out + 1] = c.err or added.err
+    out[#out + 1] = c.err or id.err
   else
-    c.o = c.o + 1
-    redis.call('PUBLISH', pubsub, node .. offset .. ' ' .. c.epoch .. ' ' .. head)
+    local offset = string.sub(id, 3)
+    if offset == '1' then
+      actual_run()
+      c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
+      c.new = true
+    end
+    redis.call('PUBLISH', ARGV[a + 2], node .. offset .. ' ' .. c.epoch .. ' ' .. head)
     out[#out + 1] = offset
     out[#out + 1] = c.epoch
   end
@@ -128,11 +128,9 @@ end
 for _, c in ipairs(order) do
   local half = math.floor(c.ttl / 2)
   if c.new then
-    redis.call('HSET', c.meta, 'e', c.epoch, 'r', run, 'o', c.o, 'x', now + half)
+    redis.call('HSET', c.meta, 'e', c.epoch, 'r', run, 'x', now + half)
   elseif now >= c.x then
-    redis.call('HSET', c.meta, 'o', c.o, 'x', now + half)
-  else
-    redis.call('HSET', c.meta, 'o', c.o)
+    redis.call('HSET', c.meta, 'x', now + half)
   end
   if c.new or now >= c.x then
     redis.call('PEXPIRE', c.meta, c.ttl + half)
@@ -146,14 +144,16 @@ return out
 /// Reads a channel's position and the publications after an offset that are within the window
 /// (the last `size`, not older than the TTL). KEYS: meta hash, stream. ARGV: since, limit, TTL
 /// in ms, believed run id, size. Returns {epoch or false, offset, {offset, head, ...}, run id}.
+/// A channel whose stream is gone has no epoch: its next publication starts a new one.
 const READ_HISTORY: &str = concat!(
     "local believed = ARGV[4]",
     current_epoch!(),
     r#"
-if not epoch then
+local last = epoch and redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if not last then
   return {false, 0, {}, run}
 end
-local offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local offset = tonumber(string.sub(last[1], 3))
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
@@ -161,14 +161,14 @@ if tonumber(ARGV[2]) == 0 then
   return {epoch, offset, out, run}
 end
 local from = math.max(tonumber(ARGV[1]), offset - tonumber(ARGV[5]))
-local entries = redis.call('XRANGE', KEYS[2], (from + 1) .. '-0', '+', 'COUNT', ARGV[2])
+local entries = redis.call('XRANGE', KEYS[2], '0-' .. (from + 1), '+', 'COUNT', ARGV[2])
 for _, e in ipairs(entries) do
   local fields, d, ts = e[2], nil, nil
   for i = 1, #fields, 2 do
     if fields[i] == 'd' then d = fields[i + 1] elseif fields[i] == 't' then ts = tonumber(fields[i + 1]) end
   end
   if d and ts and now - ts <= tonumber(ARGV[3]) then
-    table.insert(out, string.match(e[1], '^(%d+)'))
+    table.insert(out, string.sub(e[1], 3))
     table.insert(out, d)
   end
 end
@@ -290,6 +290,11 @@ impl HistoryWriter {
 
     /// Appends a publication to `channel`'s history and publishes it, with the next script
     /// call. Resolves to its offset and epoch.
+    ///
+    /// When nothing is queued or running, the publisher makes the call itself (one task hop
+    /// less each way: the usual case of one publish at a time); publishes that queue up
+    /// meanwhile go out after it, from a task. Its future being dropped abandons only its own
+    /// publication.
     async fn publish(
         self: &Arc<Self>,
         channel: &str,
@@ -305,18 +310,19 @@ impl HistoryWriter {
             ttl_ms: ttl_ms(ttl),
             done,
         };
-        let start = {
+        let inline = {
             let mut queue = self.queue();
-            queue.waiting.push(publish);
-            !std::mem::replace(&mut queue.busy, true)
-        };
-        if start {
-            let writer = Arc::clone(self);
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(async move { writer.drain().await })),
-                // Not on a Tokio runtime (the Redis connection needs one anyway).
-                Err(_) => drop(Draining::new(&writer)),
+            if queue.busy {
+                queue.waiting.push(publish);
+                None
+            } else {
+                queue.busy = true;
+                Some(publish)
             }
+        };
+        if let Some(publish) = inline {
+            let _next = HandOver(self);
+            self.call(vec![publish]).await;
         }
         result.await.unwrap_or_else(|_| Err(ABANDONED.to_owned()))
     }
@@ -347,7 +353,7 @@ impl HistoryWriter {
         for p in &batch {
             invocation
                 .key(format!("{}m:{}", self.prefix, p.channel))
-                .key(format!("{}h:{}", self.prefix, p.channel))
+                .key(format!("{}s:{}", self.prefix, p.channel))
                 .arg(&p.head[..])
                 .arg(format!("{}c:{}", self.prefix, p.channel))
                 .arg(p.size)
@@ -426,6 +432,29 @@ impl Drop for Draining<'_> {
             std::mem::take(&mut queue.waiting)
         };
         drop(waiting); // outside the lock: each drop wakes a publisher
+    }
+}
+
+/// While a publisher makes its own call ([`HistoryWriter::publish`]): when the call is over,
+/// or its future was dropped, the publishes that queued up meanwhile go out from a task, or
+/// the writer becomes idle.
+struct HandOver<'a>(&'a Arc<HistoryWriter>);
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        {
+            let mut queue = self.0.queue();
+            if queue.waiting.is_empty() {
+                queue.busy = false;
+                return;
+            }
+        }
+        let writer = Arc::clone(self.0);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(async move { writer.drain().await })),
+            // Not on a Tokio runtime (the Redis connection needs one anyway).
+            Err(_) => drop(Draining::new(&writer)),
+        }
     }
 }
 
@@ -691,7 +720,7 @@ impl Broker for RedisBroker {
             let (epoch, offset, flat, run): (Option<String>, u64, Vec<Vec<u8>>, String) = self
                 .read_history
                 .key(format!("{}m:{channel}", self.prefix))
-                .key(format!("{}h:{channel}", self.prefix))
+                .key(format!("{}s:{channel}", self.prefix))
                 .arg(since)
                 .arg(limit)
                 .arg(ttl_ms(ttl))
