@@ -90,12 +90,25 @@ fn start_redis() -> Option<(Redis, u16)> {
         .ok()?;
     let redis = Redis(child);
     for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if pong(port) {
             return Some((redis, port));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// Redis answers `PING` on `port` (a connect alone can reach the socket itself on a free port).
+fn pong(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut answer = [0u8; 7];
+    tcp.write_all(b"PING\r\n").is_ok()
+        && tcp.read_exact(&mut answer).is_ok()
+        && &answer == b"+PONG\r\n"
 }
 
 /// CPU seconds (user + system) of process `pid` so far, from `/proc/PID/stat`.

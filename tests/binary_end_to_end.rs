@@ -28,7 +28,7 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `wshub` on `addr` with `args` and waits until it accepts connections.
+/// Starts `wshub` on `addr` with `args` and waits until it serves requests.
 fn wshub(addr: SocketAddr, args: &[&str]) -> Proc {
     wshub_env(addr, args, &[])
 }
@@ -46,11 +46,26 @@ fn wshub_env(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Proc {
         .expect("start wshub");
     let proc = Proc(child);
     let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(addr).is_err() {
+    while !healthy(addr) {
         assert!(Instant::now() < deadline, "wshub did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(20));
     }
     proc
+}
+
+/// `GET /healthz` answers 200. A successful TCP connect alone does not show that the server
+/// listens: a connect to a free port of the ephemeral range can connect the socket to itself.
+fn healthy(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut tcp) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = tcp.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = b"GET /healthz HTTP/1.1\r\nHost: wshub\r\nConnection: close\r\n\r\n";
+    let mut answer = Vec::new();
+    tcp.write_all(request).is_ok()
+        && tcp.read_to_end(&mut answer).is_ok()
+        && answer.starts_with(b"HTTP/1.1 200")
 }
 
 /// `examples/client`, built (or found up to date) next to the `wshub` binary of this run.

@@ -61,7 +61,12 @@ impl RedisServer {
             .expect("redis-server must be installed (apt-get install -y redis-server)");
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.query(&["PING"]).await.is_err() {
+        // A reply that is not PONG (a connect to a free port can connect the socket to
+        // itself, which echoes the command) is no server yet.
+        while !matches!(
+            self.query(&["PING"]).await,
+            Ok(redis::Value::SimpleString(ref pong)) if pong == "PONG"
+        ) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis-server did not start"
