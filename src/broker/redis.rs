@@ -540,8 +540,11 @@ impl RedisBroker {
     ///
     /// # Errors
     /// A description of the first shard that could not be reached.
+    /// Connects to every shard. With `history` (some channels keep a history), each must be
+    /// Redis 7.0 or later ([`check_history_support`]).
     pub(crate) async fn connect(
         config: &RedisConfig,
+        history: bool,
         deliver: Deliver,
         resubscribed: Resubscribed,
         clients: ClientCount,
@@ -561,6 +564,15 @@ impl RedisBroker {
                 .get_connection_manager_with_config(manager_config)
                 .await
                 .map_err(|e| fail("cannot connect", &e))?;
+            if history {
+                let mut conn = publisher.clone();
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| fail("INFO server", &e))?;
+                check_history_support(&info).map_err(|e| fail("history channels", &e))?;
+            }
             let pubsub = tokio::time::timeout(config.timeout, client.get_async_pubsub())
                 .await
                 .map_err(|e| fail("cannot connect", &e))?
@@ -1081,6 +1093,23 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// History channels need Redis 7.0 or later (`XADD` with the id `0-*`, the stream as offset
+/// counter); `info` is the answer to `INFO server`. An unknown version is let through.
+fn check_history_support(info: &str) -> Result<(), String> {
+    let Some(version) = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))
+    else {
+        return Ok(());
+    };
+    match version.split('.').next().map(str::parse::<u32>) {
+        Some(Ok(major)) if major < 7 => Err(format!(
+            "they need Redis 7.0 or later, this server is {version}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn random_node_id() -> [u8; NODE_ID_LEN] {
     // RandomState is seeded randomly per process; mix in the pid and time for good measure.
     let mut h = RandomState::new().build_hasher();
@@ -1091,4 +1120,23 @@ fn random_node_id() -> [u8; NODE_ID_LEN] {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish().to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_history_support;
+
+    #[test]
+    fn history_channels_are_refused_on_redis_before_7() {
+        let info = |v: &str| format!("# Server\r\nredis_version:{v}\r\nredis_mode:standalone\r\n");
+        let refused = check_history_support(&info("6.2.14")).unwrap_err();
+        assert!(
+            refused.contains("7.0") && refused.contains("6.2.14"),
+            "{refused}"
+        );
+        for v in ["7.0.15", "7.2.4", "8.0.2"] {
+            assert_eq!(check_history_support(&info(v)), Ok(()), "{v}");
+        }
+        assert_eq!(check_history_support("# Server\r\n"), Ok(()));
+    }
 }

@@ -491,10 +491,16 @@ impl HubBuilder {
                 let hub = Hub { inner };
                 (!hub.is_shutting_down()).then(|| hub.client_count())
             });
-            let broker =
-                crate::broker::redis::RedisBroker::connect(&redis, deliver, resubscribed, clients)
-                    .await
-                    .map_err(crate::Error::Broker)?;
+            let history = !hub.inner.config.history.is_empty();
+            let broker = crate::broker::redis::RedisBroker::connect(
+                &redis,
+                history,
+                deliver,
+                resubscribed,
+                clients,
+            )
+            .await
+            .map_err(crate::Error::Broker)?;
             let _ = hub.inner.broker.set(Arc::new(broker));
             return Ok(hub);
         }
