@@ -111,6 +111,11 @@ impl fmt::Debug for ChannelPattern {
     }
 }
 
+/// The longest [`HubConfig::history_ttl`]: 10 years (in practice, "keep what fits in
+/// `history_size`"). Longer ones are refused rather than overflowing clocks and Redis
+/// expiry times.
+pub const MAX_HISTORY_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Configuration of a [`Hub`](crate::Hub).
 ///
 /// Build it with [`HubConfig::default`] and the chained setters; the hub validates it once
@@ -195,7 +200,8 @@ pub struct HubConfig {
     /// Publications kept per history channel. The default value is 1000.
     pub history_size: usize,
     /// How long a publication stays in history; a channel idle for this long loses its
-    /// history (and gets a new epoch). The default value is 300 s.
+    /// history (and gets a new epoch). The default value is 300 s; at most
+    /// [`MAX_HISTORY_TTL`] (10 years).
     pub history_ttl: Duration,
 }
 
@@ -313,7 +319,7 @@ impl HubConfig {
     /// # Errors
     /// A [`ConfigError`] naming the first offending field: zero durations or sizes,
     /// `pong_timeout <= heartbeat_interval`, `write_delay >= write_timeout`, a queue bound smaller than one control frame
-    /// (256 bytes), or a channel name limit of 0.
+    /// (256 bytes), a channel name limit of 0, or a `history_ttl` above [`MAX_HISTORY_TTL`].
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("heartbeat_interval", self.heartbeat_interval),
@@ -326,6 +332,12 @@ impl HubConfig {
             if value.is_zero() {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
+        }
+        if self.history_ttl > MAX_HISTORY_TTL {
+            return Err(ConfigError::new(
+                "history_ttl",
+                format!("must be at most 10 years ({:?})", self.history_ttl),
+            ));
         }
         if self.pong_timeout <= self.heartbeat_interval {
             return Err(ConfigError::new(
@@ -528,5 +540,9 @@ mod tests {
             "pong_timeout"
         );
         assert!(HubConfig::default().rate_limit(None).validate().is_ok());
+        let forever = HubConfig::default().history_ttl(Duration::MAX);
+        assert_eq!(forever.validate().unwrap_err().field(), "history_ttl");
+        let longest = HubConfig::default().history_ttl(MAX_HISTORY_TTL);
+        assert!(longest.validate().is_ok());
     }
 }

@@ -167,7 +167,7 @@ async fn queued_history_publishes_go_out_together_in_order_and_fail_alone() {
     a.hub.publish("feed:q", &numbered(1)).await.unwrap();
     assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(1));
     redis
-        .query(&["SET", "wshub:m:feed:bad", "x"])
+        .query(&["SET", "wshub:n:feed:bad", "x"])
         .await
         .unwrap();
     redis
@@ -507,6 +507,43 @@ async fn a_lost_stream_starts_a_new_epoch_even_when_the_meta_hash_survives() {
     a.stop().await;
 }
 
+/// The other way round: the meta hash (the epoch) is lost while the stream survives. The
+/// stream's offsets cannot be vouched for under any epoch, so it is dropped and the next
+/// publication starts a new epoch at offset 1.
+#[tokio::test]
+async fn a_lost_meta_hash_starts_a_new_epoch_even_when_the_stream_survives() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    for i in 1..=3 {
+        a.hub.publish("feed:m", &numbered(i)).await.unwrap();
+    }
+    let old = a.hub.history("feed:m", 0, 10).await.unwrap().epoch;
+    redis.query(&["DEL", "wshub:n:feed:m"]).await.unwrap();
+    let gone = a.hub.history("feed:m", 0, 10).await.unwrap();
+    assert_eq!((gone.epoch.as_str(), gone.offset), ("", 0));
+    a.hub.publish("feed:m", &numbered(4)).await.unwrap();
+    let stored = a.hub.history("feed:m", 0, 10).await.unwrap();
+    assert_eq!(stored.offset, 1);
+    assert!(
+        !stored.epoch.is_empty() && stored.epoch != old,
+        "{stored:?}"
+    );
+    assert_eq!(stored.publications.len(), 1, "{stored:?}");
+    // An offset far beyond the channel's (whatever a client sends) reads nothing, no error.
+    let beyond = a
+        .hub
+        .history("feed:m", 100_000_000_000_000, 10)
+        .await
+        .unwrap();
+    assert_eq!((beyond.offset, beyond.publications.len()), (1, 0));
+    let mut ws = a.connect().await;
+    let answer = subscribe_at(&mut ws, "feed:m", Some((3, &old))).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    assert_eq!(answer["epoch"], stored.epoch.as_str(), "{answer}");
+    close(ws).await;
+    a.stop().await;
+}
+
 #[tokio::test]
 async fn redis_history_older_than_the_ttl_is_gone() {
     let redis = RedisServer::start().await;
@@ -554,7 +591,7 @@ return redis.call('XADD', KEYS[2], '0-*', 'd', ARGV[1], 't', ms)
     let head = format!(
         r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
     );
-    let (meta, stream) = (format!("wshub:m:{channel}"), format!("wshub:s:{channel}"));
+    let (meta, stream) = (format!("wshub:n:{channel}"), format!("wshub:s:{channel}"));
     let _: redis::Value = redis::cmd("EVAL")
         .arg(STORE)
         .arg(2)
@@ -580,7 +617,7 @@ async fn lose_subscription_until_back(redis: &RedisServer, node: &TestServer) {
 
 /// Waits until Redis has forgotten `channel`'s history (its TTL ran out).
 async fn history_expired(redis: &RedisServer, channel: &str) {
-    let meta = format!("wshub:m:{channel}");
+    let meta = format!("wshub:n:{channel}");
     let deadline = tokio::time::Instant::now() + WAIT;
     while redis.query(&["EXISTS", &meta]).await.unwrap() != redis::Value::Int(0) {
         assert!(
@@ -656,7 +693,7 @@ async fn a_publication_missed_while_a_client_recovers_closes_it_and_its_resume_r
     for k in 0.. {
         channel = format!("feed:hole{k}");
         b.hub.publish(&channel, &numbered(1)).await.unwrap();
-        let meta = format!("wshub:m:{channel}");
+        let meta = format!("wshub:n:{channel}");
         if r2.query(&["EXISTS", &meta]).await.unwrap() == redis::Value::Int(1) {
             break;
         }

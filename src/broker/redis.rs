@@ -118,9 +118,14 @@ for i = 1, #KEYS / 2 do
   else
     local offset = string.sub(id, 3)
     if offset == '1' then
+      -- A new epoch, saved at once: should the script stop before its end, the next call
+      -- must not find the old epoch with this stream.
       actual_run()
       c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
-      c.new = true
+      c.x = tonumber(ms) + math.floor(c.ttl / 2)
+      redis.call('HSET', meta, 'e', c.epoch, 'r', run, 'x', c.x)
+      redis.call('PEXPIRE', meta, c.ttl + math.floor(c.ttl / 2))
+      redis.call('PEXPIRE', stream, c.ttl + math.floor(c.ttl / 2))
     end
     redis.call('PUBLISH', ARGV[a + 2], node .. offset .. ' ' .. c.epoch .. ' ' .. head)
     out[#out + 1] = offset
@@ -129,13 +134,9 @@ for i = 1, #KEYS / 2 do
 end
 local now = tonumber(ms)
 for _, c in ipairs(order) do
-  local half = math.floor(c.ttl / 2)
-  if c.new then
-    redis.call('HSET', c.meta, 'e', c.epoch, 'r', run, 'x', now + half)
-  elseif now >= c.x then
+  if now >= c.x then
+    local half = math.floor(c.ttl / 2)
     redis.call('HSET', c.meta, 'x', now + half)
-  end
-  if c.new or now >= c.x then
     redis.call('PEXPIRE', c.meta, c.ttl + half)
     redis.call('PEXPIRE', c.stream, c.ttl + half)
   end
@@ -160,7 +161,7 @@ local offset = tonumber(string.sub(last[1], 3))
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-if tonumber(ARGV[2]) == 0 then
+if tonumber(ARGV[2]) == 0 or tonumber(ARGV[1]) >= offset then
   return {epoch, offset, out, run}
 end
 local from = math.max(tonumber(ARGV[1]), offset - tonumber(ARGV[5]))
@@ -293,11 +294,6 @@ impl HistoryWriter {
 
     /// Appends a publication to `channel`'s history and publishes it, with the next script
     /// call. Resolves to its offset and epoch.
-    ///
-    /// When nothing is queued or running, the publisher makes the call itself (one task hop
-    /// less each way: the usual case of one publish at a time); publishes that queue up
-    /// meanwhile go out after it, from a task. Its future being dropped abandons only its own
-    /// publication.
     async fn publish(
         self: &Arc<Self>,
         channel: &str,
@@ -313,47 +309,25 @@ impl HistoryWriter {
             ttl_ms: ttl_ms(ttl),
             done,
         };
-        let inline = {
+        let start = {
             let mut queue = self.queue();
-            if queue.busy {
-                queue.waiting.push(publish);
-                None
-            } else {
-                queue.busy = true;
-                Some(publish)
-            }
+            queue.waiting.push(publish);
+            !std::mem::replace(&mut queue.busy, true)
         };
-        if let Some(publish) = inline {
-            let _next = HandOver(self);
-            self.call(vec![publish]).await;
+        if start {
+            // The guard is made before the task, so that a task dropped before its first
+            // poll (the runtime shutting down) still clears the queue.
+            let draining = Draining {
+                writer: Arc::clone(self),
+                done: false,
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(draining.run())),
+                // Not on a Tokio runtime (the Redis connection needs one anyway).
+                Err(_) => drop(draining),
+            }
         }
         result.await.unwrap_or_else(|_| Err(ABANDONED.to_owned()))
-    }
-
-    /// Script calls for the queued publishes, until none is left.
-    ///
-    /// Before taking a batch the task yields once: the publishers that the previous answer
-    /// woke (or the one whose own call preceded this task) run first, and what they publish
-    /// next goes in this call too. With 16 publishing tasks that took the calls from 8 to
-    /// 14.5 publications on average and cut the CPU per publish by a quarter
-    /// (`benches/history.rs`); the delay is one pass of the runtime over the tasks that are
-    /// ready.
-    async fn drain(&self) {
-        let mut draining = Draining::new(self);
-        loop {
-            tokio::task::yield_now().await;
-            let batch: Vec<QueuedPublish> = {
-                let mut queue = self.queue();
-                if queue.waiting.is_empty() {
-                    queue.busy = false;
-                    draining.done = true;
-                    return;
-                }
-                let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
-                queue.waiting.drain(..n).collect()
-            };
-            self.call(batch).await;
-        }
     }
 
     /// One script call for `batch`; every publish learns its result.
@@ -363,7 +337,7 @@ impl HistoryWriter {
         invocation.arg(&self.node[..]).arg(believed);
         for p in &batch {
             invocation
-                .key(format!("{}m:{}", self.prefix, p.channel))
+                .key(format!("{}n:{}", self.prefix, p.channel))
                 .key(format!("{}s:{}", self.prefix, p.channel))
                 .arg(&p.head[..])
                 .arg(format!("{}c:{}", self.prefix, p.channel))
@@ -414,25 +388,47 @@ impl HistoryWriter {
     }
 }
 
-/// While a [`HistoryWriter`]'s task makes its calls. If it is dropped before the queue was
-/// found empty (`done`: the runtime is shutting down and dropped the task, or there is no
-/// runtime to start one), the queue is cleared and left idle: the publishers still waiting
-/// learn that their publish was abandoned.
-struct Draining<'a> {
-    writer: &'a HistoryWriter,
+/// The task that makes a [`HistoryWriter`]'s calls. If it is dropped before the queue was
+/// found empty (`done`: the runtime is shutting down and dropped the task, perhaps before it
+/// ever ran, or there is no runtime to start one), the queue is cleared and left idle: the
+/// publishers still waiting learn that their publish was abandoned.
+struct Draining {
+    writer: Arc<HistoryWriter>,
     done: bool,
 }
 
-impl<'a> Draining<'a> {
-    fn new(writer: &'a HistoryWriter) -> Self {
-        Draining {
-            writer,
-            done: false,
+impl Draining {
+    /// Script calls for the queued publishes, until none is left.
+    ///
+    /// After each call the task yields once before taking the next batch: the publishers
+    /// that the answer woke run first, and what they publish next goes in the same call.
+    /// With 16 publishing tasks that took the calls from 8 to 14.5 publications on average
+    /// and cut the CPU per publish by a quarter (`benches/history.rs`); the delay is one pass
+    /// of the runtime over the tasks that are ready. The first batch goes at once: with one
+    /// publish at a time there is nobody to wait for.
+    async fn run(mut self) {
+        let mut first = true;
+        loop {
+            if !first {
+                tokio::task::yield_now().await;
+            }
+            first = false;
+            let batch: Vec<QueuedPublish> = {
+                let mut queue = self.writer.queue();
+                if queue.waiting.is_empty() {
+                    queue.busy = false;
+                    self.done = true;
+                    return;
+                }
+                let n = queue.waiting.len().min(MAX_HISTORY_BATCH);
+                queue.waiting.drain(..n).collect()
+            };
+            self.writer.call(batch).await;
         }
     }
 }
 
-impl Drop for Draining<'_> {
+impl Drop for Draining {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -443,29 +439,6 @@ impl Drop for Draining<'_> {
             std::mem::take(&mut queue.waiting)
         };
         drop(waiting); // outside the lock: each drop wakes a publisher
-    }
-}
-
-/// While a publisher makes its own call ([`HistoryWriter::publish`]): when the call is over,
-/// or its future was dropped, the publishes that queued up meanwhile go out from a task, or
-/// the writer becomes idle.
-struct HandOver<'a>(&'a Arc<HistoryWriter>);
-
-impl Drop for HandOver<'_> {
-    fn drop(&mut self) {
-        {
-            let mut queue = self.0.queue();
-            if queue.waiting.is_empty() {
-                queue.busy = false;
-                return;
-            }
-        }
-        let writer = Arc::clone(self.0);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(async move { writer.drain().await })),
-            // Not on a Tokio runtime (the Redis connection needs one anyway).
-            Err(_) => drop(Draining::new(&writer)),
-        }
     }
 }
 
@@ -536,12 +509,12 @@ struct Counters {
 
 impl RedisBroker {
     /// Connects to every shard (publisher and subscriber), subscribes to the broadcast
-    /// channel, and starts reporting `clients` for the cluster counts.
+    /// channel, and starts reporting `clients` for the cluster counts. With `history` (some
+    /// channels keep a history), each shard must be Redis 7.0 or later
+    /// ([`check_history_support`]).
     ///
     /// # Errors
-    /// A description of the first shard that could not be reached.
-    /// Connects to every shard. With `history` (some channels keep a history), each must be
-    /// Redis 7.0 or later ([`check_history_support`]).
+    /// A description of the first shard that could not be reached or is too old.
     pub(crate) async fn connect(
         config: &RedisConfig,
         history: bool,
@@ -742,7 +715,7 @@ impl Broker for RedisBroker {
             let (believed, token) = shard.run_id();
             let (epoch, offset, flat, run): (Option<String>, u64, Vec<Vec<u8>>, String) = self
                 .read_history
-                .key(format!("{}m:{channel}", self.prefix))
+                .key(format!("{}n:{channel}", self.prefix))
                 .key(format!("{}s:{channel}", self.prefix))
                 .arg(since)
                 .arg(limit)
