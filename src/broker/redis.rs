@@ -528,7 +528,7 @@ impl RedisBroker {
         for (i, url) in config.urls.iter().enumerate() {
             let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
             let fail = |what: &str, e: &dyn std::fmt::Display| format!("Redis {host}: {what}: {e}");
-            let client = redis::Client::open(url.as_str()).map_err(|e| fail("invalid URL", &e))?;
+            let client = resp2_client(url).map_err(|e| fail("invalid URL", &e))?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(config.timeout))
                 .set_response_timeout(Some(config.timeout))
@@ -1066,6 +1066,20 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// A client for `url` that speaks RESP2, whatever the URL asks for. Over RESP3, redis-rs's
+/// connection manager reconnects by itself after the server went away, so the first command
+/// to a restarted Redis would not fail; over RESP2 it fails, and the node forgets the run id
+/// it believed (see [`Shard::run_id`]): what a restarted Redis restored is vouched for again.
+fn resp2_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP2);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
 /// History channels need Redis 7.0 or later (`XADD` with the id `0-*`, the stream as offset
 /// counter); `info` is the answer to `INFO server`. An unknown version is let through.
 fn check_history_support(info: &str) -> Result<(), String> {
@@ -1097,7 +1111,20 @@ fn random_node_id() -> [u8; NODE_ID_LEN] {
 
 #[cfg(test)]
 mod tests {
-    use super::check_history_support;
+    use super::{check_history_support, resp2_client};
+
+    #[test]
+    fn the_broker_speaks_resp2_even_when_the_url_asks_for_resp3() {
+        for url in [
+            "redis://127.0.0.1:6379/?protocol=resp3",
+            "redis://127.0.0.1:6379",
+        ] {
+            let client = resp2_client(url).unwrap();
+            let protocol = client.get_connection_info().redis_settings().protocol();
+            assert_eq!(protocol, redis::ProtocolVersion::RESP2, "{url}");
+        }
+        assert!(resp2_client("not a url").is_err());
+    }
 
     #[test]
     fn history_channels_are_refused_on_redis_before_7() {
