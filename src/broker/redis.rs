@@ -91,6 +91,15 @@ local t = redis.call('TIME')
 -- Milliseconds as a string: numbers given to redis.call are formatted with printf, which
 -- costs more here than the string operations.
 local ms = t[1] .. string.sub('00000' .. t[2], -6, -4)
+local now = tonumber(ms)
+-- Pushes a channel's expiry back (see `x`); `...` are more fields of the meta hash to set.
+local function keep(c, ...)
+  local half = math.floor(c.ttl / 2)
+  c.x = now + half
+  redis.call('HSET', c.meta, 'x', c.x, ...)
+  redis.call('PEXPIRE', c.meta, c.ttl + half)
+  redis.call('PEXPIRE', c.stream, c.ttl + half)
+end
 local channels, order, out = {}, {}, {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
@@ -122,23 +131,16 @@ for i = 1, #KEYS / 2 do
       -- must not find the old epoch with this stream.
       actual_run()
       c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
-      c.x = tonumber(ms) + math.floor(c.ttl / 2)
-      redis.call('HSET', meta, 'e', c.epoch, 'r', run, 'x', c.x)
-      redis.call('PEXPIRE', meta, c.ttl + math.floor(c.ttl / 2))
-      redis.call('PEXPIRE', stream, c.ttl + math.floor(c.ttl / 2))
+      keep(c, 'e', c.epoch, 'r', run)
     end
     redis.call('PUBLISH', ARGV[a + 2], node .. offset .. ' ' .. c.epoch .. ' ' .. head)
     out[#out + 1] = offset
     out[#out + 1] = c.epoch
   end
 end
-local now = tonumber(ms)
 for _, c in ipairs(order) do
   if now >= c.x then
-    local half = math.floor(c.ttl / 2)
-    redis.call('HSET', c.meta, 'x', now + half)
-    redis.call('PEXPIRE', c.meta, c.ttl + half)
-    redis.call('PEXPIRE', c.stream, c.ttl + half)
+    keep(c)
   end
 end
 out[#out + 1] = run
@@ -576,7 +578,7 @@ impl RedisBroker {
             tokio::spawn(task.run(pubsub, ready_tx));
             // The broadcast subscription is active before `connect` returns.
             let _ = ready_rx.await;
-            let history = Arc::new(HistoryWriter {
+            let writer = Arc::new(HistoryWriter {
                 conn: publisher.clone(),
                 script: redis::Script::new(PUBLISH_HISTORY),
                 node,
@@ -591,7 +593,7 @@ impl RedisBroker {
                 connected,
                 run_id,
                 generation,
-                history,
+                history: writer,
             });
         }
         let census = Arc::new(Census {
