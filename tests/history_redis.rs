@@ -480,15 +480,7 @@ async fn a_flushed_redis_changes_the_epoch_and_a_resume_is_not_recovered() {
 /// new epoch at offset 1 rather than reusing offsets under the old one.
 #[tokio::test]
 async fn a_lost_stream_starts_a_new_epoch_even_when_the_meta_hash_survives() {
-    let redis = RedisServer::start().await;
-    let a = node(&redis, 100).await;
-    for i in 1..=3 {
-        a.hub.publish("feed:l", &numbered(i)).await.unwrap();
-    }
-    let old = a.hub.history("feed:l", 0, 10).await.unwrap().epoch;
-    redis.query(&["DEL", "wshub:s:feed:l"]).await.unwrap();
-    let gone = a.hub.history("feed:l", 0, 10).await.unwrap();
-    assert_eq!((gone.epoch.as_str(), gone.offset), ("", 0));
+    let (_redis, a, old) = publish_3_then_delete("feed:l", "s").await;
     let mut ws = a.connect().await;
     let answer = subscribe_at(&mut ws, "feed:l", Some((3, &old))).await;
     assert_eq!(answer["recovered"], false, "{answer}");
@@ -507,20 +499,31 @@ async fn a_lost_stream_starts_a_new_epoch_even_when_the_meta_hash_survives() {
     a.stop().await;
 }
 
+/// A node that published 1 to 3 on `channel`, after which Redis lost the channel's key of
+/// kind `key` (`s` the stream, `n` the meta hash); the channel then has no position to
+/// offer. Returns the Redis server, the node and the epoch from before.
+async fn publish_3_then_delete(channel: &str, key: &str) -> (RedisServer, TestServer, String) {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    for i in 1..=3 {
+        a.hub.publish(channel, &numbered(i)).await.unwrap();
+    }
+    let old = a.hub.history(channel, 0, 10).await.unwrap().epoch;
+    redis
+        .query(&["DEL", &format!("wshub:{key}:{channel}")])
+        .await
+        .unwrap();
+    let gone = a.hub.history(channel, 0, 10).await.unwrap();
+    assert_eq!((gone.epoch.as_str(), gone.offset), ("", 0));
+    (redis, a, old)
+}
+
 /// The other way round: the meta hash (the epoch) is lost while the stream survives. The
 /// stream's offsets cannot be vouched for under any epoch, so it is dropped and the next
 /// publication starts a new epoch at offset 1.
 #[tokio::test]
 async fn a_lost_meta_hash_starts_a_new_epoch_even_when_the_stream_survives() {
-    let redis = RedisServer::start().await;
-    let a = node(&redis, 100).await;
-    for i in 1..=3 {
-        a.hub.publish("feed:m", &numbered(i)).await.unwrap();
-    }
-    let old = a.hub.history("feed:m", 0, 10).await.unwrap().epoch;
-    redis.query(&["DEL", "wshub:n:feed:m"]).await.unwrap();
-    let gone = a.hub.history("feed:m", 0, 10).await.unwrap();
-    assert_eq!((gone.epoch.as_str(), gone.offset), ("", 0));
+    let (_redis, a, old) = publish_3_then_delete("feed:m", "n").await;
     a.hub.publish("feed:m", &numbered(4)).await.unwrap();
     let stored = a.hub.history("feed:m", 0, 10).await.unwrap();
     assert_eq!(stored.offset, 1);
