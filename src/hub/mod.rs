@@ -974,7 +974,6 @@ impl Hub {
         let Ok(name) = ChannelName::with_max_len(channel, usize::MAX) else {
             return;
         };
-        let frame = crate::message::history_frame(head, offset, epoch);
         let state = self.remote_state(&name);
         let mut guard = state
             .lock()
@@ -1030,7 +1029,11 @@ impl Hub {
             }
         }
         let report = match &ch {
-            Some(ch) => self.deliver_positioned(st, ch, offset, epoch, &frame),
+            // Framed only now: a copy that is skipped, or shows a gap, is not delivered.
+            Some(ch) => {
+                let frame = crate::message::history_frame(head, offset, epoch);
+                self.deliver_positioned(st, ch, offset, epoch, &frame)
+            }
             None => PublishReport::default(),
         };
         drop(guard);
