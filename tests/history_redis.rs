@@ -167,7 +167,7 @@ async fn queued_history_publishes_go_out_together_in_order_and_fail_alone() {
     a.hub.publish("feed:q", &numbered(1)).await.unwrap();
     assert_eq!(recv_json(&mut ws).await["offset"].as_u64(), Some(1));
     redis
-        .query(&["SET", "wshub:n:feed:bad", "x"])
+        .query(&["SET", "wshub:s:feed:bad", "x"])
         .await
         .unwrap();
     redis
@@ -475,12 +475,12 @@ async fn a_flushed_redis_changes_the_epoch_and_a_resume_is_not_recovered() {
     a.stop().await;
 }
 
-/// The stream is the offset counter: when it is lost but the meta hash is not (evicted, or
-/// deleted by hand), the channel has no position to offer, and its next publication starts a
-/// new epoch at offset 1 rather than reusing offsets under the old one.
+/// The stream is the offset counter: when it is lost (evicted, or deleted by hand), the
+/// channel has no position to offer, and its next publication starts a new epoch at offset 1
+/// rather than reusing offsets under the old one, although the node remembers the old epoch.
 #[tokio::test]
-async fn a_lost_stream_starts_a_new_epoch_even_when_the_meta_hash_survives() {
-    let (_redis, a, old) = publish_3_then_delete("feed:l", "s").await;
+async fn a_lost_stream_starts_a_new_epoch_at_offset_1() {
+    let (_redis, a, old) = publish_3_then_lose_the_stream("feed:l").await;
     let mut ws = a.connect().await;
     let answer = subscribe_at(&mut ws, "feed:l", Some((3, &old))).await;
     assert_eq!(answer["recovered"], false, "{answer}");
@@ -495,14 +495,21 @@ async fn a_lost_stream_starts_a_new_epoch_even_when_the_meta_hash_survives() {
     assert!(!new.is_empty() && new != old, "{v}");
     let stored = a.hub.history("feed:l", 0, 10).await.unwrap();
     assert_eq!((stored.epoch.as_str(), stored.offset), (new, 1));
+    // An offset far beyond the channel's (whatever a client sends) reads nothing, no error.
+    let beyond = a
+        .hub
+        .history("feed:l", 100_000_000_000_000, 10)
+        .await
+        .unwrap();
+    assert_eq!((beyond.offset, beyond.publications.len()), (1, 0));
     close(ws).await;
     a.stop().await;
 }
 
-/// A node that published 1 to 3 on `channel`, after which Redis lost the channel's key of
-/// kind `key` (`s` the stream, `n` the meta hash); the channel then has no position to
-/// offer. Returns the Redis server, the node and the epoch from before.
-async fn publish_3_then_delete(channel: &str, key: &str) -> (RedisServer, TestServer, String) {
+/// A node that published 1 to 3 on `channel`, after which Redis lost the channel's stream;
+/// the channel then has no position to offer. Returns the Redis server, the node and the
+/// epoch from before.
+async fn publish_3_then_lose_the_stream(channel: &str) -> (RedisServer, TestServer, String) {
     let redis = RedisServer::start().await;
     let a = node(&redis, 100).await;
     for i in 1..=3 {
@@ -510,7 +517,7 @@ async fn publish_3_then_delete(channel: &str, key: &str) -> (RedisServer, TestSe
     }
     let old = a.hub.history(channel, 0, 10).await.unwrap().epoch;
     redis
-        .query(&["DEL", &format!("wshub:{key}:{channel}")])
+        .query(&["DEL", &format!("wshub:s:{channel}")])
         .await
         .unwrap();
     let gone = a.hub.history(channel, 0, 10).await.unwrap();
@@ -518,27 +525,80 @@ async fn publish_3_then_delete(channel: &str, key: &str) -> (RedisServer, TestSe
     (redis, a, old)
 }
 
-/// The other way round: the meta hash (the epoch) is lost while the stream survives. The
-/// stream's offsets cannot be vouched for under any epoch, so it is dropped and the next
-/// publication starts a new epoch at offset 1.
+/// A node remembers each channel's epoch between publishes; when another node started a new
+/// epoch meanwhile (the stream was lost), the node's next publication follows that epoch
+/// instead of its own.
 #[tokio::test]
-async fn a_lost_meta_hash_starts_a_new_epoch_even_when_the_stream_survives() {
-    let (_redis, a, old) = publish_3_then_delete("feed:m", "n").await;
-    a.hub.publish("feed:m", &numbered(4)).await.unwrap();
-    let stored = a.hub.history("feed:m", 0, 10).await.unwrap();
-    assert_eq!(stored.offset, 1);
-    assert!(
-        !stored.epoch.is_empty() && stored.epoch != old,
-        "{stored:?}"
+async fn a_node_that_remembers_an_old_epoch_follows_the_one_another_node_started() {
+    let (redis, a, old) = publish_3_then_lose_the_stream("feed:o").await;
+    let b = node(&redis, 100).await;
+    let mut ws = b.connect().await;
+    subscribe_at(&mut ws, "feed:o", None).await;
+    b.hub.publish("feed:o", &numbered(4)).await.unwrap();
+    a.hub.publish("feed:o", &numbered(5)).await.unwrap();
+    let (v4, v5) = (recv_json(&mut ws).await, recv_json(&mut ws).await);
+    let new = v4["epoch"].as_str().unwrap();
+    assert!(!new.is_empty() && new != old, "{v4}");
+    assert_eq!(
+        (v4["offset"].as_u64(), v4["data"].as_u64()),
+        (Some(1), Some(4))
     );
-    assert_eq!(stored.publications.len(), 1, "{stored:?}");
-    // An offset far beyond the channel's (whatever a client sends) reads nothing, no error.
-    let beyond = a
-        .hub
-        .history("feed:m", 100_000_000_000_000, 10)
+    assert_eq!(
+        (
+            v5["offset"].as_u64(),
+            v5["data"].as_u64(),
+            v5["epoch"].as_str()
+        ),
+        (Some(2), Some(5), Some(new)),
+        "{v5}"
+    );
+    close(ws).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+/// The other way round: the stream now holds an epoch older than the one the node remembers
+/// (a Redis clock that went back, or a stream written by hand). The node's next publication
+/// neither joins the older epoch nor reuses an offset of its own: it starts a new epoch,
+/// greater than both, at offset 1.
+#[tokio::test]
+async fn an_older_epoch_in_the_stream_gives_way_to_a_new_one() {
+    let (redis, a, old) = publish_3_then_lose_the_stream("feed:m").await;
+    let run = match redis.query(&["INFO", "server"]).await.unwrap() {
+        redis::Value::BulkString(info) => String::from_utf8(info)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:").map(|r| r[..12].to_owned()))
+            .unwrap(),
+        other => panic!("INFO server: {other:?}"),
+    };
+    let head = r#"{"type":"event","channel":"feed:m","data":0,"timestamp":"2026-11-27T00:00:00Z""#;
+    let ms = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .unwrap()
+        .as_millis()
+        .to_string();
+    redis
+        .query(&[
+            "XADD",
+            "wshub:s:feed:m",
+            "1-1",
+            "d",
+            head,
+            "t",
+            &ms,
+            "r",
+            &run,
+        ])
         .await
         .unwrap();
-    assert_eq!((beyond.offset, beyond.publications.len()), (1, 0));
+    let stored = a.hub.history("feed:m", 0, 10).await.unwrap();
+    assert_eq!((stored.epoch.as_str(), stored.offset), ("1", 1));
+    a.hub.publish("feed:m", &numbered(4)).await.unwrap();
+    let stored = a.hub.history("feed:m", 0, 10).await.unwrap();
+    assert_eq!(stored.offset, 1, "{stored:?}");
+    let new: u64 = stored.epoch.parse().unwrap();
+    assert!(new > old.parse().unwrap(), "{stored:?} after {old}");
+    assert_eq!(stored.publications.len(), 1, "{stored:?}");
     let mut ws = a.connect().await;
     let answer = subscribe_at(&mut ws, "feed:m", Some((3, &old))).await;
     assert_eq!(answer["recovered"], false, "{answer}");
@@ -586,20 +646,25 @@ async fn store_without_delivery_on(
     channel: &str,
     data: u64,
 ) {
+    // The next entry of the epoch on top, written as by the same Redis process.
     const STORE: &str = r#"
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local epoch, fields = string.match(top[1], '^(%d+)-'), top[2]
+local r
+for i = 1, #fields, 2 do
+  if fields[i] == 'r' then r = fields[i + 1] end
+end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('XADD', KEYS[2], '0-*', 'd', ARGV[1], 't', ms)
+return redis.call('XADD', KEYS[1], epoch .. '-*', 'd', ARGV[1], 't', ms, 'r', r)
 "#;
     let head = format!(
         r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
     );
-    let (meta, stream) = (format!("wshub:n:{channel}"), format!("wshub:s:{channel}"));
     let _: redis::Value = redis::cmd("EVAL")
         .arg(STORE)
-        .arg(2)
-        .arg(meta)
-        .arg(stream)
+        .arg(1)
+        .arg(format!("wshub:s:{channel}"))
         .arg(head)
         .query_async(conn)
         .await
@@ -620,9 +685,9 @@ async fn lose_subscription_until_back(redis: &RedisServer, node: &TestServer) {
 
 /// Waits until Redis has forgotten `channel`'s history (its TTL ran out).
 async fn history_expired(redis: &RedisServer, channel: &str) {
-    let meta = format!("wshub:n:{channel}");
+    let stream = format!("wshub:s:{channel}");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while redis.query(&["EXISTS", &meta]).await.unwrap() != redis::Value::Int(0) {
+    while redis.query(&["EXISTS", &stream]).await.unwrap() != redis::Value::Int(0) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the history never expired"
@@ -696,8 +761,8 @@ async fn a_publication_missed_while_a_client_recovers_closes_it_and_its_resume_r
     for k in 0.. {
         channel = format!("feed:hole{k}");
         b.hub.publish(&channel, &numbered(1)).await.unwrap();
-        let meta = format!("wshub:n:{channel}");
-        if r2.query(&["EXISTS", &meta]).await.unwrap() == redis::Value::Int(1) {
+        let stream = format!("wshub:s:{channel}");
+        if r2.query(&["EXISTS", &stream]).await.unwrap() == redis::Value::Int(1) {
             break;
         }
     }

@@ -17,149 +17,166 @@ use super::{
     FinishOnDrop, RedisConfig, Resubscribed, Ring, StoredHistory,
 };
 
-/// Lua: sets `epoch` to the channel's epoch, or `false` when it has none that this Redis process
-/// can vouch for, and `run` to this process's run id as far as it was needed. KEYS[1] is the
-/// meta hash (`e` epoch, `r` the run id of the Redis process that created the epoch); `believed`
-/// is the run id the node last saw (the script's last argument).
-///
-/// A hash restored by another process (a restart from a snapshot or an append-only file, a
-/// failover to a replica) may lack the last publications while their offsets were handed out
-/// already: offsets would be reused under the same epoch, and a resume could be presented as
-/// complete while it skips them. So the epoch of another process counts as lost, and the next
-/// publish starts a new one. `INFO` (about 10 µs of Redis CPU) runs only when the node's run
-/// id does not match the channel's: after a restart, until the node has learnt the new one
-/// from the script's answer.
-macro_rules! current_epoch {
-    () => {
-        r#"
-local run = believed
-local function actual_run()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-end
-local meta = redis.call('HMGET', KEYS[1], 'e', 'r')
-local epoch, r = meta[1], meta[2]
-if epoch then
-  if r ~= run then
-    run = actual_run()
-    if r ~= run then
-      epoch = false
-    end
-  end
-end
-"#
-    };
-}
-
 /// Appends publications to their channels' history and publishes them, atomically, so offsets
 /// are assigned and delivered in the same order on every node. One call carries every
 /// history publish of this node that queued up on the shard while the previous call was
 /// running (`HistoryWriter`): the script's fixed cost and the round trip are shared.
 ///
-/// The stream is the offset counter: entries have the ids `0-1`, `0-2`, … (`XADD` with `0-*`
-/// takes the next sequence number), and a trimmed stream keeps counting where it was. A stream
-/// that starts again at `0-1` (it expired, was deleted, or is new) starts a new epoch. Redis
-/// calls made from a script cost microseconds each, so a publication makes three (`HMGET`
-/// only for the first publication of a channel in a call, `XADD`, `PUBLISH`) and the meta hash
-/// is written only when an epoch starts or the expiry is pushed back.
+/// A channel's history is one stream, and the stream is also its position: entry ids are
+/// `<epoch>-<offset>`, the epoch being a number of microseconds (Redis's clock when the epoch
+/// started). `XADD` with the id `<epoch>-*` takes the next offset, and a trimmed stream keeps
+/// counting where it was. The node remembers each channel's epoch from the previous answer
+/// and sends it along, so a publication normally costs two Redis calls (`XADD` with
+/// `NOMKSTREAM`, `PUBLISH`) plus one per script call (`TIME`): Redis calls made from a script
+/// cost microseconds each, and so does making a Lua function or table, so the common path
+/// makes neither. The `XADD` also checks the epoch: it fails when a greater epoch is on top,
+/// creates nothing when the stream is gone, and gives offset 0 when an older epoch is on top.
+/// Then, or when the node knows no epoch, the script looks at the stream's last entry: if this
+/// Redis process wrote it, its epoch goes on; otherwise (and after an offset 0) the stream is
+/// dropped and a new epoch starts at offset 1, greater than any epoch the stream or the node
+/// had.
 ///
-/// The stream keeps the JSON head (without its closing brace); nodes complete it with the
-/// position (`message::history_frame`), so the script builds no JSON. The stream is trimmed
-/// approximately (`MAXLEN ~`, much cheaper than exact trimming); reads apply the exact window.
-/// The meta hash holds the epoch (`e`), the run id that created it (`r`, see
-/// `current_epoch!`) and when the keys' expiry must next be pushed back (`x`): every half
-/// TTL, to one and a half TTLs, so a channel's history lives at least the TTL after its last
-/// publication (and at most 1.5 TTLs), without two `PEXPIRE`s per publish.
+/// Every entry carries the start of the run id of the Redis process that wrote it (`r`). A
+/// stream restored by another process (a restart from a snapshot or an append-only file, a
+/// failover to a replica) may lack the last publications while their offsets were handed out
+/// already: offsets would be reused under the same epoch, and a resume could be presented as
+/// complete while it skips them. So a stream of another process counts as lost. The node
+/// sends the run id it believes (it forgets it, and every channel's epoch with it, whenever a
+/// connection to Redis fails); `INFO` (about 10 µs of Redis CPU) runs only when the stream's
+/// run does not match that one.
 ///
-/// A publication whose channel's keys cannot take it (another type of key under the name)
+/// Entries hold the JSON head (without its closing brace, `d`), nodes complete it with the
+/// position (`message::history_frame`), so the script builds no JSON; and the time in ms
+/// (`t`). The stream is trimmed approximately (`MAXLEN ~`, much cheaper than exact trimming);
+/// reads apply the exact window. Its expiry is pushed back when the node's `x` (Redis ms, from
+/// the previous answer) has passed: every half TTL, to one and a half TTLs, so a channel's
+/// history lives at least the TTL after its last publication (and at most 1.5 TTLs), without
+/// a `PEXPIRE` per publish.
+///
+/// A publication whose channel's key cannot take it (another type of key under the name)
 /// fails alone, before anything of it is written; the others go on.
 ///
-/// KEYS: per publication, meta hash and stream. ARGV: node id, believed run id, then per
-/// publication JSON head, pub/sub channel, max length, TTL in ms. Publishes
-/// `<node id><offset> <epoch> <head>`. Returns {offset, epoch, ..., run id}, offsets as
-/// decimal strings; a failed publication has `-` and the error instead.
+/// KEYS: per publication, the stream. ARGV: node id, believed run id, then per publication
+/// JSON head, pub/sub channel, max length, TTL in ms, the epoch the node knows (or empty), its
+/// `x` (or 0). Publishes `<node id><offset> <epoch> <head>`. Returns {offset, epoch, x, ...,
+/// run id}, as strings; a failed publication has `-`, the error and an empty string instead.
 const PUBLISH_HISTORY: &str = r#"
 local node, run = ARGV[1], ARGV[2]
+local tag = string.sub(run, 1, 12)
 local verified = false
-local function actual_run()
-  if not verified then
-    run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-    verified = true
-  end
-  return run
-end
 local t = redis.call('TIME')
 -- Milliseconds as a string: numbers given to redis.call are formatted with printf, which
 -- costs more here than the string operations.
 local ms = t[1] .. string.sub('00000' .. t[2], -6, -4)
 local now = tonumber(ms)
--- Pushes a channel's expiry back (see `x`); `...` are more fields of the meta hash to set.
-local function keep(c, ...)
-  local half = math.floor(c.ttl / 2)
-  c.x = now + half
-  redis.call('HSET', c.meta, 'x', c.x, ...)
-  redis.call('PEXPIRE', c.meta, c.ttl + half)
-  redis.call('PEXPIRE', c.stream, c.ttl + half)
-end
-local channels, order, out = {}, {}, {}
-for i = 1, #KEYS / 2 do
-  local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local a = 2 + 4 * (i - 1)
-  local head = ARGV[a + 1]
-  local c = channels[meta]
-  if not c then
-    local m = redis.pcall('HMGET', meta, 'e', 'r', 'x')
-    if m.err then
-      c = {err = m.err}
-    else
-      c = {meta = meta, stream = stream, ttl = tonumber(ARGV[a + 4]), epoch = m[1],
-           x = tonumber(m[3]) or 0}
-      if not (c.epoch and (m[2] == run or m[2] == actual_run())) then
-        redis.call('DEL', stream)
+local batch = #KEYS > 1
+-- What this call learnt of the channels, for their next publications in it.
+local epochs, expiries = {}, {}
+local out, o = {}, 0
+for i = 1, #KEYS do
+  local stream, a = KEYS[i], 2 + 6 * (i - 1)
+  local head, size = ARGV[a + 1], ARGV[a + 3]
+  local epoch, xs = epochs[stream] or ARGV[a + 5], expiries[stream] or ARGV[a + 6]
+  local id, offset = nil, nil
+  if epoch ~= '' then
+    id = redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', size, epoch .. '-*', 'd', head, 't', ms, 'r', tag)
+    if type(id) == 'string' then
+      offset = string.sub(id, #epoch + 2)
+    end
+  end
+  if offset == nil or offset == '0' then
+    -- Slow path (no function is made on the fast one: each costs Lua time).
+    local function verify()
+      if not verified then
+        run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+        tag = string.sub(run, 1, 12)
+        verified = true
       end
-      order[#order + 1] = c
     end
-    channels[meta] = c
+    local floor, fresh = tonumber(epoch) or 0, true
+    if offset == nil then
+      local top = redis.pcall('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+      if top.err then
+        id, fresh = top, false
+      elseif top[1] then
+        local e, fields, r = string.match(top[1][1], '^(%d+)-'), top[1][2], nil
+        for j = 1, #fields, 2 do
+          if fields[j] == 'r' then
+            r = fields[j + 1]
+          end
+        end
+        if e ~= '0' and r then
+          if r ~= tag then
+            verify()
+          end
+          if r == tag then
+            -- Written by this process: the epoch goes on, or the error is the answer.
+            fresh = false
+            epoch = e
+            id = redis.pcall('XADD', stream, 'MAXLEN', '~', size, e .. '-*', 'd', head, 't', ms, 'r', tag)
+            if type(id) == 'string' then
+              offset = string.sub(id, #e + 2)
+            end
+          end
+        end
+        floor = math.max(floor, tonumber(e) or 0)
+      end
+    end
+    if fresh then
+      verify()
+      epoch = string.format('%.0f', math.max(tonumber(t[1]) * 1000000 + tonumber(t[2]), floor + 1))
+      xs = '0'
+      redis.call('DEL', stream)
+      id = redis.pcall('XADD', stream, 'MAXLEN', '~', size, epoch .. '-1', 'd', head, 't', ms, 'r', tag)
+      offset = type(id) == 'string' and '1' or nil
+    end
   end
-  local id = c.err or redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[a + 3], '0-*', 'd', head, 't', ms)
-  if c.err or id.err then
-    out[#out + 1] = '-'
-    out[#out + 1] = c.err or id.err
+  if offset then
+    if now >= tonumber(xs) then
+      local ttl = tonumber(ARGV[a + 4])
+      local half = math.floor(ttl / 2)
+      xs = string.format('%.0f', now + half)
+      redis.call('PEXPIRE', stream, ttl + half)
+    end
+    redis.call('PUBLISH', ARGV[a + 2], node .. offset .. ' ' .. epoch .. ' ' .. head)
+    out[o + 1], out[o + 2], out[o + 3] = offset, epoch, xs
+    if batch then
+      epochs[stream], expiries[stream] = epoch, xs
+    end
   else
-    local offset = string.sub(id, 3)
-    if offset == '1' then
-      -- A new epoch, saved at once: should the script stop before its end, the next call
-      -- must not find the old epoch with this stream.
-      actual_run()
-      c.epoch = string.format('%08x%06x', tonumber(t[1]), tonumber(t[2]))
-      keep(c, 'e', c.epoch, 'r', run)
-    end
-    redis.call('PUBLISH', ARGV[a + 2], node .. offset .. ' ' .. c.epoch .. ' ' .. head)
-    out[#out + 1] = offset
-    out[#out + 1] = c.epoch
+    out[o + 1], out[o + 2], out[o + 3] = '-', id.err, ''
   end
+  o = o + 3
 end
-for _, c in ipairs(order) do
-  if now >= c.x then
-    keep(c)
-  end
-end
-out[#out + 1] = run
+out[o + 1] = run
 return out
 "#;
 
 /// Reads a channel's position and the publications after an offset that are within the window
-/// (the last `size`, not older than the TTL). KEYS: meta hash, stream. ARGV: since, limit, TTL
-/// in ms, believed run id, size. Returns {epoch or false, offset, {offset, head, ...}, run id}.
-/// A channel whose stream is gone has no epoch: its next publication starts a new one.
-const READ_HISTORY: &str = concat!(
-    "local believed = ARGV[4]",
-    current_epoch!(),
-    r#"
-local last = epoch and redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-if not last then
+/// (the last `size`, not older than the TTL). KEYS: stream. ARGV: since, limit, TTL in ms,
+/// believed run id, size. Returns {epoch or false, offset, {offset, head, ...}, run id}. A
+/// channel whose stream is gone, or was written by another Redis process (see
+/// `PUBLISH_HISTORY`), has no epoch: its next publication starts a new one.
+const READ_HISTORY: &str = r#"
+local run = ARGV[4]
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if not top then
   return {false, 0, {}, run}
 end
-local offset = tonumber(string.sub(last[1], 3))
+local epoch, offset = string.match(top[1], '^(%d+)-(%d+)$')
+local fields, r = top[2], nil
+for i = 1, #fields, 2 do
+  if fields[i] == 'r' then
+    r = fields[i + 1]
+  end
+end
+if r and r ~= string.sub(run, 1, 12) then
+  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+if epoch == '0' or not r or r ~= string.sub(run, 1, 12) then
+  return {false, 0, {}, run}
+end
+offset = tonumber(offset)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
@@ -167,20 +184,19 @@ if tonumber(ARGV[2]) == 0 or tonumber(ARGV[1]) >= offset then
   return {epoch, offset, out, run}
 end
 local from = math.max(tonumber(ARGV[1]), offset - tonumber(ARGV[5]))
-local entries = redis.call('XRANGE', KEYS[2], '0-' .. (from + 1), '+', 'COUNT', ARGV[2])
+local entries = redis.call('XRANGE', KEYS[1], epoch .. '-' .. (from + 1), '+', 'COUNT', ARGV[2])
 for _, e in ipairs(entries) do
   local fields, d, ts = e[2], nil, nil
   for i = 1, #fields, 2 do
     if fields[i] == 'd' then d = fields[i + 1] elseif fields[i] == 't' then ts = tonumber(fields[i + 1]) end
   end
   if d and ts and now - ts <= tonumber(ARGV[3]) then
-    table.insert(out, string.sub(e[1], 3))
+    table.insert(out, string.sub(e[1], #epoch + 2))
     table.insert(out, d)
   end
 end
 return {epoch, offset, out, run}
-"#
-);
+"#;
 
 /// Records this node's client count: KEYS: node set (scored by expiry), count hash. ARGV:
 /// node id, clients, how long the record lives in ms.
@@ -241,9 +257,10 @@ struct Shard {
     publisher: ConnectionManager,
     commands: mpsc::UnboundedSender<Command>,
     connected: Arc<AtomicBool>,
-    /// The run id of this shard's Redis process, as the history scripts last reported it
-    /// (empty until the first one ran, and again whenever a connection to Redis failed: the
-    /// process may have restarted).
+    /// The run id of this shard's Redis process and the positions of the history channels
+    /// this node published on, as the history scripts last reported them (unknown until the
+    /// first one ran, and again whenever a connection to Redis failed: the process may have
+    /// restarted).
     run_id: RunId,
     /// Connections of the subscriber so far (see [`Deliver`]).
     generation: Arc<AtomicU64>,
@@ -334,22 +351,31 @@ impl HistoryWriter {
 
     /// One script call for `batch`; every publish learns its result.
     async fn call(&self, batch: Vec<QueuedPublish>) {
-        let (believed, token) = current_run_id(&self.run_id);
+        let (believed, token, known) = {
+            let known = lock(&self.run_id);
+            let channels: Vec<Option<(String, u64)>> = batch
+                .iter()
+                .map(|p| known.channels.get(&p.channel).cloned())
+                .collect();
+            (known.run.clone(), known.token, channels)
+        };
         let mut invocation = self.script.prepare_invoke();
         invocation.arg(&self.node[..]).arg(believed);
-        for p in &batch {
+        for (p, known) in batch.iter().zip(known) {
+            let (epoch, x) = known.unwrap_or_default();
             invocation
-                .key(format!("{}n:{}", self.prefix, p.channel))
                 .key(format!("{}s:{}", self.prefix, p.channel))
                 .arg(&p.head[..])
                 .arg(format!("{}c:{}", self.prefix, p.channel))
                 .arg(p.size)
-                .arg(p.ttl_ms);
+                .arg(p.ttl_ms)
+                .arg(epoch)
+                .arg(x);
         }
         let mut conn = self.conn.clone();
         let result: redis::RedisResult<Vec<String>> = invocation.invoke_async(&mut conn).await;
         let mut flat = match result {
-            Ok(flat) if flat.len() == 2 * batch.len() + 1 => flat,
+            Ok(flat) if flat.len() == 3 * batch.len() + 1 => flat,
             other => {
                 if other.is_err() {
                     forget_run_id(&self.run_id);
@@ -367,25 +393,36 @@ impl HistoryWriter {
                 return;
             }
         };
-        if let Some(run) = flat.pop() {
-            learn_run_id(&self.run_id, run, token);
-        }
+        let run = flat.pop().unwrap_or_default();
+        let mut results = Vec::with_capacity(batch.len());
         let mut flat = flat.into_iter();
-        for p in batch {
-            let (Some(offset), Some(epoch)) = (flat.next(), flat.next()) else {
-                break;
-            };
-            let result = match offset.parse() {
-                Ok(offset) => Ok((offset, epoch)),
+        while let (Some(offset), Some(epoch), Some(x)) = (flat.next(), flat.next(), flat.next()) {
+            results.push(match (offset.parse(), x.parse()) {
+                (Ok(offset), Ok(x)) => Ok((offset, epoch, x)),
                 // `-` and the error: this publication was not stored.
-                Err(_) => Err(format!("Redis publish failed: {epoch}")),
-            };
+                _ => Err(format!("Redis publish failed: {epoch}")),
+            });
+        }
+        {
+            let mut known = lock(&self.run_id);
+            if known.learn(run, token) {
+                for (p, result) in batch.iter().zip(&results) {
+                    match result {
+                        Ok((_, epoch, x)) => known.remember(&p.channel, epoch, *x),
+                        Err(_) => drop(known.channels.remove(&p.channel)),
+                    }
+                }
+            }
+        }
+        for (p, result) in batch.into_iter().zip(results) {
             let counter = match result {
                 Ok(_) => &self.counters.published,
                 Err(_) => &self.counters.publish_errors,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            let _ = p.done.send(result);
+            let _ = p
+                .done
+                .send(result.map(|(offset, epoch, _)| (offset, epoch)));
         }
     }
 }
@@ -444,36 +481,76 @@ impl Drop for Draining {
     }
 }
 
-/// See [`Shard::run_id`]: the run id, and how often it was forgotten (a script's answer is
-/// learnt only if nothing was forgotten since the script was sent).
-type RunId = Arc<std::sync::Mutex<(String, u64)>>;
+/// What a node knows of one Redis process (see [`Shard::run_id`]), forgotten whenever a
+/// connection to it fails: the process may have restarted.
+type RunId = Arc<std::sync::Mutex<Known>>;
 
-/// Forgets the run id: the next history script looks the process's up.
-fn forget_run_id(run_id: &RunId) {
-    let mut known = run_id
+/// At most this many channels' positions are remembered per shard; beyond, all are forgotten
+/// (the next publication of each asks the stream, see `PUBLISH_HISTORY`).
+const MAX_KNOWN_CHANNELS: usize = 1 << 16;
+
+#[derive(Default)]
+struct Known {
+    /// The run id of the Redis process, as the scripts last reported it (empty: unknown).
+    run: String,
+    /// How often all this was forgotten: a script's answer is learnt only if nothing was
+    /// forgotten since the script was sent.
+    token: u64,
+    /// Per history channel this node published on: the epoch its stream continues, and
+    /// when the script next pushes the stream's expiry back (Redis ms), as the process `run`
+    /// reported them.
+    channels: std::collections::HashMap<String, (String, u64)>,
+}
+
+impl Known {
+    /// Records the run id a script reported, unless the connection failed since it was sent
+    /// with `token` (the answer may come from a process that is gone); the positions learnt
+    /// from another process are forgotten. Whether the answer counts.
+    fn learn(&mut self, run: String, token: u64) -> bool {
+        if self.token != token {
+            return false;
+        }
+        if self.run != run {
+            self.run = run;
+            self.channels.clear();
+        }
+        true
+    }
+
+    fn remember(&mut self, channel: &str, epoch: &str, x: u64) {
+        if let Some(known) = self.channels.get_mut(channel) {
+            if known.0 != epoch {
+                epoch.clone_into(&mut known.0);
+            }
+            known.1 = x;
+            return;
+        }
+        if self.channels.len() >= MAX_KNOWN_CHANNELS {
+            self.channels.clear();
+        }
+        self.channels
+            .insert(channel.to_owned(), (epoch.to_owned(), x));
+    }
+}
+
+fn lock(run_id: &RunId) -> std::sync::MutexGuard<'_, Known> {
+    run_id
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    known.0.clear();
-    known.1 += 1;
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Forgets the run id and the channels' positions: the next history script looks them up.
+fn forget_run_id(run_id: &RunId) {
+    let mut known = lock(run_id);
+    known.run.clear();
+    known.channels.clear();
+    known.token += 1;
 }
 
 /// The run id to send with a script, and the token to learn its answer with.
 fn current_run_id(run_id: &RunId) -> (String, u64) {
-    run_id
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-}
-
-/// Records the run id a script reported, unless the connection failed since it was sent (the
-/// answer may come from a process that is gone).
-fn learn_run_id(run_id: &RunId, run: String, token: u64) {
-    let mut known = run_id
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if known.1 == token && known.0 != run {
-        known.0 = run;
-    }
+    let known = lock(run_id);
+    (known.run.clone(), known.token)
 }
 
 impl Shard {
@@ -482,9 +559,9 @@ impl Shard {
         current_run_id(&self.run_id)
     }
 
-    /// See [`learn_run_id`].
+    /// See [`Known::learn`].
     fn learn_run_id(&self, run: String, token: u64) {
-        learn_run_id(&self.run_id, run, token);
+        lock(&self.run_id).learn(run, token);
     }
 
     /// A command on the publishing connection failed: Redis may be restarting.
@@ -717,7 +794,6 @@ impl Broker for RedisBroker {
             let (believed, token) = shard.run_id();
             let (epoch, offset, flat, run): (Option<String>, u64, Vec<Vec<u8>>, String) = self
                 .read_history
-                .key(format!("{}n:{channel}", self.prefix))
                 .key(format!("{}s:{channel}", self.prefix))
                 .arg(since)
                 .arg(limit)
@@ -1082,8 +1158,8 @@ fn resp2_client(url: &str) -> redis::RedisResult<redis::Client> {
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// History channels need Redis 7.0 or later (`XADD` with the id `0-*`, the stream as offset
-/// counter); `info` is the answer to `INFO server`. An unknown version is let through.
+/// History channels need Redis 7.0 or later (`XADD` with an id `<epoch>-*`, the stream as
+/// offset counter); `info` is the answer to `INFO server`. An unknown version is let through.
 fn check_history_support(info: &str) -> Result<(), String> {
     let Some(version) = info
         .lines()
