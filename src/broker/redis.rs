@@ -1189,7 +1189,7 @@ fn random_node_id() -> [u8; NODE_ID_LEN] {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_history_support, resp2_client};
+    use super::{check_history_support, resp2_client, Known, MAX_KNOWN_CHANNELS};
 
     #[test]
     fn the_broker_speaks_resp2_even_when_the_url_asks_for_resp3() {
@@ -1216,5 +1216,28 @@ mod tests {
             assert_eq!(check_history_support(&info(v)), Ok(()), "{v}");
         }
         assert_eq!(check_history_support("# Server\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn positions_are_learnt_only_from_the_current_run_and_stay_bounded() {
+        let mut known = Known::default();
+        assert!(known.learn("run-a".to_owned(), 0));
+        known.remember("feed:a", "17", 100);
+        known.remember("feed:a", "18", 200);
+        assert_eq!(known.channels.get("feed:a"), Some(&("18".to_owned(), 200)));
+        // An answer sent before the node forgot (a failed connection) teaches nothing.
+        known.token += 1;
+        assert!(!known.learn("run-a".to_owned(), 0));
+        assert_eq!(known.channels.len(), 1);
+        // Another Redis process: what was learnt from the previous one is forgotten.
+        assert!(known.learn("run-b".to_owned(), 1));
+        assert_eq!((known.run.as_str(), known.channels.len()), ("run-b", 0));
+        for i in 0..MAX_KNOWN_CHANNELS {
+            known.remember(&format!("c{i}"), "1", 0);
+        }
+        assert_eq!(known.channels.len(), MAX_KNOWN_CHANNELS);
+        known.remember("one-more", "1", 0);
+        assert_eq!(known.channels.len(), 1);
+        assert!(known.channels.contains_key("one-more"));
     }
 }
