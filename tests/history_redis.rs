@@ -195,7 +195,7 @@ async fn queued_history_publishes_go_out_together_in_order_and_fail_alone() {
             .unwrap();
         match channel {
             "feed:bad" => {
-                let error = result.expect_err("not a hash").to_string();
+                let error = result.expect_err("not a stream").to_string();
                 assert!(error.contains("WRONGTYPE"), "{error}");
             }
             _ => assert_eq!(result.expect("published").enqueued, 1),
@@ -564,14 +564,16 @@ async fn a_node_that_remembers_an_old_epoch_follows_the_one_another_node_started
 #[tokio::test]
 async fn an_older_epoch_in_the_stream_gives_way_to_a_new_one() {
     let (redis, a, old) = publish_3_then_lose_the_stream("feed:m").await;
-    let run = match redis.query(&["INFO", "server"]).await.unwrap() {
-        redis::Value::BulkString(info) => String::from_utf8(info)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:").map(|r| r[..12].to_owned()))
-            .unwrap(),
-        other => panic!("INFO server: {other:?}"),
+    // The tag of this Redis process, as every entry it stores carries it.
+    a.hub.publish("feed:other", &numbered(1)).await.unwrap();
+    let top: Vec<(String, Vec<(String, String)>)> = match redis
+        .query(&["XREVRANGE", "wshub:s:feed:other", "+", "-", "COUNT", "1"])
+        .await
+    {
+        Ok(v) => redis::from_redis_value(v).unwrap(),
+        Err(e) => panic!("XREVRANGE: {e}"),
     };
+    let tag = top[0].1.iter().find(|(k, _)| k == "r").unwrap().1.clone();
     let head = r#"{"type":"event","channel":"feed:m","data":0,"timestamp":"2026-11-27T00:00:00Z""#;
     let ms = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
         .unwrap()
@@ -587,7 +589,7 @@ async fn an_older_epoch_in_the_stream_gives_way_to_a_new_one() {
             "t",
             &ms,
             "r",
-            &run,
+            &tag,
         ])
         .await
         .unwrap();
@@ -604,6 +606,85 @@ async fn an_older_epoch_in_the_stream_gives_way_to_a_new_one() {
     assert_eq!(answer["recovered"], false, "{answer}");
     assert_eq!(answer["epoch"], stored.epoch.as_str(), "{answer}");
     close(ws).await;
+    a.stop().await;
+}
+
+/// A channel whose stream was replaced by a key of another type fails with Redis's error,
+/// although the node remembers the channel's epoch; other channels go on, and once the key is
+/// gone the channel starts a new epoch.
+#[tokio::test]
+async fn a_channel_whose_key_changed_type_fails_alone_then_starts_a_new_epoch() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    for i in 1..=2 {
+        a.hub.publish("feed:w", &numbered(i)).await.unwrap();
+    }
+    let old = a.hub.history("feed:w", 0, 10).await.unwrap().epoch;
+    redis.query(&["DEL", "wshub:s:feed:w"]).await.unwrap();
+    redis.query(&["SET", "wshub:s:feed:w", "x"]).await.unwrap();
+    let error = a
+        .hub
+        .publish("feed:w", &numbered(3))
+        .await
+        .expect_err("not a stream")
+        .to_string();
+    assert!(error.contains("WRONGTYPE"), "{error}");
+    let read = a
+        .hub
+        .history("feed:w", 0, 10)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(read.contains("WRONGTYPE"), "{read}");
+    a.hub.publish("feed:v", &numbered(1)).await.unwrap();
+    redis.query(&["DEL", "wshub:s:feed:w"]).await.unwrap();
+    a.hub.publish("feed:w", &numbered(4)).await.unwrap();
+    let stored = a.hub.history("feed:w", 0, 10).await.unwrap();
+    assert_eq!(stored.offset, 1, "{stored:?}");
+    assert!(
+        !stored.epoch.is_empty() && stored.epoch != old,
+        "{stored:?}"
+    );
+    a.stop().await;
+}
+
+/// A channel's stream lives at least the TTL after its last publication and at most one and a
+/// half: a node pushes its expiry back when half a TTL has passed since it last did, and a
+/// node that never did pushes it back with its first publication.
+#[tokio::test]
+async fn publishing_pushes_the_streams_expiry_back_every_half_ttl() {
+    let redis = RedisServer::start().await;
+    let config = || config(100).history_ttl(Duration::from_secs(2));
+    let (a, b) = (
+        node_with(&redis, config()).await,
+        node_with(&redis, config()).await,
+    );
+    let pttl = || async {
+        match redis.query(&["PTTL", "wshub:s:feed:x"]).await.unwrap() {
+            redis::Value::Int(ms) => ms,
+            other => panic!("PTTL: {other:?}"),
+        }
+    };
+    a.hub.publish("feed:x", &numbered(1)).await.unwrap();
+    let first = pttl().await;
+    assert!((2_000..=3_000).contains(&first), "{first} ms");
+    // Within half a TTL, A leaves the expiry alone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.hub.publish("feed:x", &numbered(2)).await.unwrap();
+    assert!(pttl().await <= first - 250, "pushed back too early");
+    // B never pushed it back: its first publication does.
+    b.hub.publish("feed:x", &numbered(3)).await.unwrap();
+    assert!(pttl().await > first - 100, "B did not push it back");
+    // After half a TTL, A pushes it back again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let before = pttl().await;
+    a.hub.publish("feed:x", &numbered(4)).await.unwrap();
+    let after = pttl().await;
+    assert!(
+        after > before + 500 && after <= 3_000,
+        "{before} -> {after} ms"
+    );
+    b.stop().await;
     a.stop().await;
 }
 
@@ -922,6 +1003,74 @@ async fn a_redis_restored_from_an_older_snapshot_starts_a_new_epoch_and_reuses_n
     expect_silence(&mut ws, Duration::from_millis(100)).await;
     close(ws).await;
     a.stop().await;
+}
+
+/// A Redis that was a replica meanwhile (and took an older copy of the history from its
+/// master) keeps its run id, but its replication id changes when it is promoted again: the
+/// stored publications then count as another process's, and the next publication starts a
+/// new epoch instead of handing out offsets 4 and 5 again.
+#[tokio::test]
+async fn a_master_that_was_a_replica_meanwhile_starts_a_new_epoch() {
+    let (a, b) = (RedisServer::start().await, RedisServer::start().await);
+    for redis in [&a, &b] {
+        // Full syncs in memory: nothing is written into the working directory.
+        redis
+            .query(&["CONFIG", "SET", "repl-diskless-load", "swapdb"])
+            .await
+            .unwrap();
+        redis
+            .query(&["CONFIG", "SET", "repl-diskless-sync-delay", "0"])
+            .await
+            .unwrap();
+    }
+    let node = node(&a, 100).await;
+    for i in 1..=3 {
+        node.hub.publish("feed:p", &numbered(i)).await.unwrap();
+    }
+    let old = node.hub.history("feed:p", 0, 10).await.unwrap().epoch;
+    replicate(&b, &a).await; // B holds 1 to 3
+    b.query(&["REPLICAOF", "NO", "ONE"]).await.unwrap();
+    for i in 4..=5 {
+        node.hub.publish("feed:p", &numbered(i)).await.unwrap();
+    }
+    replicate(&a, &b).await; // A, same run id, holds 1 to 3 again
+    let error = node.hub.publish("feed:p", &numbered(0)).await.unwrap_err();
+    assert!(error.to_string().contains("READONLY"), "{error}");
+    a.query(&["REPLICAOF", "NO", "ONE"]).await.unwrap();
+    node.hub.publish("feed:p", &numbered(6)).await.unwrap();
+    let stored = node.hub.history("feed:p", 0, 10).await.unwrap();
+    assert_eq!(stored.offset, 1, "{stored:?}");
+    assert!(
+        !stored.epoch.is_empty() && stored.epoch != old,
+        "{stored:?}"
+    );
+    assert_eq!(stored.publications.len(), 1, "{stored:?}");
+    node.stop().await;
+}
+
+/// Makes `replica` a replica of `master` and waits until it holds the master's data.
+async fn replicate(replica: &RedisServer, master: &RedisServer) {
+    let port = master.port.to_string();
+    replica
+        .query(&["REPLICAOF", "127.0.0.1", &port])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = match replica.query(&["INFO", "replication"]).await.unwrap() {
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO replication: {other:?}"),
+        };
+        if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1") {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replica never synced: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

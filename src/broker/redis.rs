@@ -17,6 +17,20 @@ use super::{
     FinishOnDrop, RedisConfig, Resubscribed, Ring, StoredHistory,
 };
 
+/// Lua: sets `tag` to the tag of this Redis process, 16 hex digits of a hash of its run id
+/// (new at every start) and its replication id (new whenever it is promoted from replica to
+/// master). About 10 µs of Redis CPU (`INFO`): run only when the tag the node believes does
+/// not match.
+macro_rules! learn_tag {
+    () => {
+        r#"
+    local info = redis.call('INFO', 'server', 'replication')
+    tag = string.sub(redis.sha1hex(string.match(info, 'run_id:(%x+)') .. ':' ..
+      (string.match(info, 'master_replid:(%x+)') or '')), 1, 16)
+"#
+    };
+}
+
 /// Appends publications to their channels' history and publishes them, atomically, so offsets
 /// are assigned and delivered in the same order on every node. One call carries every
 /// history publish of this node that queued up on the shard while the previous call was
@@ -36,14 +50,16 @@ use super::{
 /// dropped and a new epoch starts at offset 1, greater than any epoch the stream or the node
 /// had.
 ///
-/// Every entry carries the start of the run id of the Redis process that wrote it (`r`). A
+/// Every entry carries the tag of the Redis process that wrote it (`r`, see `learn_tag!`). A
 /// stream restored by another process (a restart from a snapshot or an append-only file, a
-/// failover to a replica) may lack the last publications while their offsets were handed out
-/// already: offsets would be reused under the same epoch, and a resume could be presented as
-/// complete while it skips them. So a stream of another process counts as lost. The node
-/// sends the run id it believes (it forgets it, and every channel's epoch with it, whenever a
-/// connection to Redis fails); `INFO` (about 10 µs of Redis CPU) runs only when the stream's
-/// run does not match that one.
+/// failover to a replica, a master that was a replica meanwhile) may lack the last
+/// publications while their offsets were handed out already: offsets would be reused under
+/// the same epoch, and a resume could be presented as complete while it skips them. So a
+/// stream of another process counts as lost. The node sends the tag it believes (it forgets
+/// it, and every channel's epoch with it, whenever a command to Redis fails other than with
+/// an error reply, and when a publication fails for another reason than its key's type,
+/// e.g. `READONLY`); the script computes the process's own only when a stream's does not
+/// match that one, and if the node's was wrong, it trusts none of the epochs the node sent.
 ///
 /// Entries hold the JSON head (without its closing brace, `d`), nodes complete it with the
 /// position (`message::history_frame`), so the script builds no JSON; and the time in ms
@@ -56,14 +72,14 @@ use super::{
 /// A publication whose channel's key cannot take it (another type of key under the name)
 /// fails alone, before anything of it is written; the others go on.
 ///
-/// KEYS: per publication, the stream. ARGV: node id, believed run id, then per publication
-/// JSON head, pub/sub channel, max length, TTL in ms, the epoch the node knows (or empty), its
-/// `x` (or 0). Publishes `<node id><offset> <epoch> <head>`. Returns {offset, epoch, x, ...,
-/// run id}, as strings; a failed publication has `-`, the error and an empty string instead.
-const PUBLISH_HISTORY: &str = r#"
-local node, run = ARGV[1], ARGV[2]
-local tag = string.sub(run, 1, 12)
-local verified = false
+/// KEYS: per publication, the stream. ARGV: node id, believed tag, then per publication JSON
+/// head, pub/sub channel, max length, TTL in ms, the epoch the node knows (or empty), its `x`
+/// (or 0). Publishes `<node id><offset> <epoch> <head>`. Returns {offset, epoch, x, ..., tag},
+/// as strings; a failed publication has `-`, the error and an empty string instead.
+const PUBLISH_HISTORY: &str = concat!(
+    r#"
+local node, tag = ARGV[1], ARGV[2]
+local verified, trusted = false, true
 local t = redis.call('TIME')
 -- Milliseconds as a string: numbers given to redis.call are formatted with printf, which
 -- costs more here than the string operations.
@@ -78,7 +94,7 @@ for i = 1, #KEYS do
   local head, size = ARGV[a + 1], ARGV[a + 3]
   local epoch, xs = epochs[stream] or ARGV[a + 5], expiries[stream] or ARGV[a + 6]
   local id, offset = nil, nil
-  if epoch ~= '' then
+  if trusted and epoch ~= '' then
     id = redis.pcall('XADD', stream, 'NOMKSTREAM', 'MAXLEN', '~', size, epoch .. '-*', 'd', head, 't', ms, 'r', tag)
     if type(id) == 'string' then
       offset = string.sub(id, #epoch + 2)
@@ -87,10 +103,11 @@ for i = 1, #KEYS do
   if offset == nil or offset == '0' then
     -- Slow path (no function is made on the fast one: each costs Lua time).
     local function verify()
-      if not verified then
-        run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-        tag = string.sub(run, 1, 12)
+      if not verified then"#,
+    learn_tag!(),
+    r#"
         verified = true
+        trusted = tag == ARGV[2]
       end
     end
     local floor, fresh = tonumber(epoch) or 0, true
@@ -148,20 +165,22 @@ for i = 1, #KEYS do
   end
   o = o + 3
 end
-out[o + 1] = run
+out[o + 1] = tag
 return out
-"#;
+"#
+);
 
 /// Reads a channel's position and the publications after an offset that are within the window
 /// (the last `size`, not older than the TTL). KEYS: stream. ARGV: since, limit, TTL in ms,
-/// believed run id, size. Returns {epoch or false, offset, {offset, head, ...}, run id}. A
-/// channel whose stream is gone, or was written by another Redis process (see
-/// `PUBLISH_HISTORY`), has no epoch: its next publication starts a new one.
-const READ_HISTORY: &str = r#"
-local run = ARGV[4]
+/// believed tag, size. Returns {epoch or false, offset, {offset, head, ...}, tag}. A channel
+/// whose stream is gone, or was written by another Redis process (see `PUBLISH_HISTORY`), has
+/// no epoch: its next publication starts a new one.
+const READ_HISTORY: &str = concat!(
+    r#"
+local tag = ARGV[4]
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 if not top then
-  return {false, 0, {}, run}
+  return {false, 0, {}, tag}
 end
 local epoch, offset = string.match(top[1], '^(%d+)-(%d+)$')
 local fields, r = top[2], nil
@@ -170,18 +189,19 @@ for i = 1, #fields, 2 do
     r = fields[i + 1]
   end
 end
-if r and r ~= string.sub(run, 1, 12) then
-  run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if r and r ~= tag then"#,
+    learn_tag!(),
+    r#"
 end
-if epoch == '0' or not r or r ~= string.sub(run, 1, 12) then
-  return {false, 0, {}, run}
+if epoch == '0' or not r or r ~= tag then
+  return {false, 0, {}, tag}
 end
 offset = tonumber(offset)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 if tonumber(ARGV[2]) == 0 or tonumber(ARGV[1]) >= offset then
-  return {epoch, offset, out, run}
+  return {epoch, offset, out, tag}
 end
 local from = math.max(tonumber(ARGV[1]), offset - tonumber(ARGV[5]))
 local entries = redis.call('XRANGE', KEYS[1], epoch .. '-' .. (from + 1), '+', 'COUNT', ARGV[2])
@@ -195,8 +215,9 @@ for _, e in ipairs(entries) do
     table.insert(out, d)
   end
 end
-return {epoch, offset, out, run}
-"#;
+return {epoch, offset, out, tag}
+"#
+);
 
 /// Records this node's client count: KEYS: node set (scored by expiry), count hash. ARGV:
 /// node id, clients, how long the record lives in ms.
@@ -273,6 +294,11 @@ struct Shard {
 /// assigns offsets in the order they were made). No publisher holds up another: the calls
 /// do not depend on any publisher's future being polled.
 struct HistoryWriter {
+    /// A connection of its own (when the node has history channels): the calls are made one
+    /// at a time, so when this connection fails, the writer forgets what it knew of the
+    /// Redis process (see [`forgets`]) before its next call, which may reach a restarted
+    /// process. On a connection shared with other commands, one of those could fail and
+    /// reconnect it between the writer reading what it knows and sending its call.
     conn: ConnectionManager,
     script: redis::Script,
     node: [u8; NODE_ID_LEN],
@@ -377,8 +403,10 @@ impl HistoryWriter {
         let mut flat = match result {
             Ok(flat) if flat.len() == 3 * batch.len() + 1 => flat,
             other => {
-                if other.is_err() {
-                    forget_run_id(&self.run_id);
+                if let Err(e) = &other {
+                    if forgets(e) {
+                        forget_run_id(&self.run_id);
+                    }
                 }
                 let reason = match other {
                     Err(e) => format!("Redis publish failed: {e}"),
@@ -403,7 +431,16 @@ impl HistoryWriter {
                 _ => Err(format!("Redis publish failed: {epoch}")),
             });
         }
-        {
+        // A publication that failed for another reason than its key's type (e.g. `READONLY`:
+        // the process became a replica, and may take another copy of the data before it is
+        // a master again) means that what the node knows may no longer hold.
+        let doubt = results.iter().any(|r| {
+            r.as_ref()
+                .is_err_and(|e| !e.starts_with("Redis publish failed: WRONGTYPE"))
+        });
+        if doubt {
+            forget_run_id(&self.run_id);
+        } else {
             let mut known = lock(&self.run_id);
             if known.learn(run, token) {
                 for (p, result) in batch.iter().zip(&results) {
@@ -491,7 +528,8 @@ const MAX_KNOWN_CHANNELS: usize = 1 << 16;
 
 #[derive(Default)]
 struct Known {
-    /// The run id of the Redis process, as the scripts last reported it (empty: unknown).
+    /// The tag of the Redis process (see `learn_tag!`), as the scripts last reported it
+    /// (empty: unknown).
     run: String,
     /// How often all this was forgotten: a script's answer is learnt only if nothing was
     /// forgotten since the script was sent.
@@ -539,6 +577,20 @@ fn lock(run_id: &RunId) -> std::sync::MutexGuard<'_, Known> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether a failed command means that the node must forget what it knows of the Redis process
+/// (see [`forget_run_id`]): unless Redis answered with an error reply (a key of another type,
+/// an error in a script), the connection may have failed, and what answers next may be another
+/// process. An error reply comes from the process the node knows: after a restart, the first
+/// command on the old connection fails with an I/O error (the broker speaks RESP2, see
+/// [`resp2_client`]).
+fn forgets(e: &redis::RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            | redis::ErrorKind::Extension
+    )
+}
+
 /// Forgets the run id and the channels' positions: the next history script looks them up.
 fn forget_run_id(run_id: &RunId) {
     let mut known = lock(run_id);
@@ -565,8 +617,10 @@ impl Shard {
     }
 
     /// A command on the publishing connection failed: Redis may be restarting.
-    fn failed(&self) {
-        forget_run_id(&self.run_id);
+    fn failed(&self, e: &redis::RedisError) {
+        if forgets(e) {
+            forget_run_id(&self.run_id);
+        }
     }
 }
 
@@ -613,10 +667,15 @@ impl RedisBroker {
                 .set_response_timeout(Some(config.timeout))
                 .set_max_delay(MAX_BACKOFF);
             let publisher = client
-                .get_connection_manager_with_config(manager_config)
+                .get_connection_manager_with_config(manager_config.clone())
                 .await
                 .map_err(|e| fail("cannot connect", &e))?;
+            let mut writer_conn = publisher.clone();
             if history {
+                writer_conn = client
+                    .get_connection_manager_with_config(manager_config)
+                    .await
+                    .map_err(|e| fail("cannot connect", &e))?;
                 let mut conn = publisher.clone();
                 let info: String = redis::cmd("INFO")
                     .arg("server")
@@ -656,7 +715,7 @@ impl RedisBroker {
             // The broadcast subscription is active before `connect` returns.
             let _ = ready_rx.await;
             let writer = Arc::new(HistoryWriter {
-                conn: publisher.clone(),
+                conn: writer_conn,
                 script: redis::Script::new(PUBLISH_HISTORY),
                 node,
                 prefix: config.prefix.clone(),
@@ -737,8 +796,8 @@ impl Broker for RedisBroker {
                 .arg(payload)
                 .query_async(&mut conn)
                 .await;
-            if result.is_err() {
-                shard.failed();
+            if let Err(e) = &result {
+                shard.failed(e);
             }
             self.counted(result).map(drop)
         })
@@ -803,7 +862,7 @@ impl Broker for RedisBroker {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| {
-                    shard.failed();
+                    shard.failed(&e);
                     format!("Redis history read failed: {e}")
                 })?;
             shard.learn_run_id(run, token);
@@ -833,7 +892,7 @@ impl Broker for RedisBroker {
             // bookkeeping holds both counts.
             let failed = |e: redis::RedisError| {
                 for shard in &self.shards {
-                    shard.failed();
+                    shard.failed(&e);
                 }
                 format!("Redis: {e}")
             };
@@ -1084,8 +1143,10 @@ impl Census {
             if due {
                 reported = match self.report(n).await {
                     Ok(()) => Some((n, now)),
-                    Err(_) => {
-                        forget_run_id(&self.run_id);
+                    Err(e) => {
+                        if forgets(&e) {
+                            forget_run_id(&self.run_id);
+                        }
                         None
                     }
                 };

@@ -58,6 +58,13 @@ fn close_for_gap(client: &ClientShared) {
 #[cfg(feature = "redis")]
 const GAP_SETTLE: Duration = Duration::from_millis(500);
 
+/// After the broker re-subscribed, how often this node tries to read a channel's stored
+/// position, and how long it waits between tries.
+#[cfg(feature = "redis")]
+const READ_ATTEMPTS: u32 = 3;
+#[cfg(feature = "redis")]
+const READ_RETRY: Duration = Duration::from_millis(100);
+
 /// Work a session waits for before reading its client's next request (e.g. a broker
 /// subscription being confirmed).
 pub(crate) type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -903,8 +910,16 @@ impl Hub {
             let (size, ttl) = (hub.inner.config.history_size, hub.inner.config.history_ttl);
             let mut stored = Vec::with_capacity(channels.len());
             for channel in channels {
-                if let Ok(h) = broker.read_history(&channel, 0, 0, size, ttl).await {
-                    stored.push((channel, h));
+                // The first command on a connection that broke fails (and the broker then
+                // reconnects it): the subscriber's connection may be back before the others.
+                for attempt in 0..READ_ATTEMPTS {
+                    if attempt > 0 {
+                        tokio::time::sleep(READ_RETRY).await;
+                    }
+                    if let Ok(h) = broker.read_history(&channel, 0, 0, size, ttl).await {
+                        stored.push((channel, h));
+                        break;
+                    }
                 }
             }
             tokio::time::sleep(GAP_SETTLE).await;
