@@ -525,8 +525,8 @@ impl Drop for Draining {
 /// connection to it fails: the process may have restarted.
 type RunId = Arc<std::sync::Mutex<Known>>;
 
-/// At most this many channels' positions are remembered per shard; beyond, all are forgotten
-/// (the next publication of each asks the stream, see `PUBLISH_HISTORY`).
+/// At most this many channels' positions are remembered per shard; beyond, half of them are
+/// forgotten (the next publication of each asks the stream, see `PUBLISH_HISTORY`).
 const MAX_KNOWN_CHANNELS: usize = 1 << 16;
 
 #[derive(Default)]
@@ -567,7 +567,11 @@ impl Known {
             return;
         }
         if self.channels.len() >= MAX_KNOWN_CHANNELS {
-            self.channels.clear();
+            let mut keep = false;
+            self.channels.retain(|_, _| {
+                keep = !keep;
+                keep
+            });
         }
         self.channels
             .insert(channel.to_owned(), (epoch.to_owned(), x));
@@ -1301,7 +1305,7 @@ mod tests {
         }
         assert_eq!(known.channels.len(), MAX_KNOWN_CHANNELS);
         known.remember("one-more", "1", 0);
-        assert_eq!(known.channels.len(), 1);
+        assert_eq!(known.channels.len(), MAX_KNOWN_CHANNELS / 2 + 1);
         assert!(known.channels.contains_key("one-more"));
     }
 }
