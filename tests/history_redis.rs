@@ -1057,11 +1057,7 @@ async fn replicate(replica: &RedisServer, master: &RedisServer) {
         .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let info = match replica.query(&["INFO", "replication"]).await.unwrap() {
-            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-            redis::Value::VerbatimString { text, .. } => text,
-            other => panic!("INFO replication: {other:?}"),
-        };
+        let info = replica.info("replication").await;
         if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1") {
             return;
         }

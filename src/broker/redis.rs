@@ -19,8 +19,8 @@ use super::{
 
 /// Lua: sets `tag` to the tag of this Redis process, 16 hex digits of a hash of its run id
 /// (new at every start) and its replication id (new whenever it is promoted from replica to
-/// master). About 10 µs of Redis CPU (`INFO`): run only when the tag the node believes does
-/// not match.
+/// master). About 10 µs of Redis CPU (`INFO`): a publish runs it only when the tag the node
+/// believes does not match a stream's; a read always does (see `READ_HISTORY`).
 macro_rules! learn_tag {
     () => {
         r#"

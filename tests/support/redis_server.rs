@@ -113,16 +113,21 @@ impl RedisServer {
         v
     }
 
+    /// The text of `INFO section`.
+    pub async fn info(&self, section: &str) -> String {
+        match self.query(&["INFO", section]).await.unwrap() {
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("INFO {section}: {other:?}"),
+        }
+    }
+
     /// Waits until `n` clients are blocked (with `CLIENT PAUSE WRITE`: held back with a write
     /// or a script, which Redis runs in the order they came once unpaused).
     pub async fn wait_blocked(&self, n: u64) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let info = match self.query(&["INFO", "clients"]).await.unwrap() {
-                redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-                redis::Value::VerbatimString { text, .. } => text,
-                other => panic!("INFO clients: {other:?}"),
-            };
+            let info = self.info("clients").await;
             let blocked: u64 = info
                 .lines()
                 .find_map(|l| l.strip_prefix("blocked_clients:"))
