@@ -175,9 +175,11 @@ async fn the_example_client_on_one_node_resumes_across_its_restart_without_losin
     let redis = RedisServer::start().await;
     let url = redis.url();
     let args = ["--redis", &url, "--history", "feed:*"];
+    // Node B runs on one thread (the current-thread scheduler), node A on the default.
+    let b_args = [&args[..], &["--threads", "1"]].concat();
     let (a_addr, b_addr) = (free_addr(), free_addr());
     let mut a = Some(wshub(a_addr, &args));
-    let _b = wshub(b_addr, &args);
+    let _b = wshub(b_addr, &b_args);
 
     let client = example_client(&format!("ws://{a_addr}/ws"), "feed:x");
     let lines = &client.messages;
@@ -231,8 +233,9 @@ async fn the_example_client_on_one_node_resumes_across_its_restart_without_losin
 #[test]
 fn bad_flags_and_an_unreachable_redis_are_clear_errors_with_an_exit_code() {
     let port = free_addr().to_string();
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 7] = [
         (&["--bogus"], 2, "unknown argument \"--bogus\""),
+        (&["--threads", "0"], 2, "--threads 0: expected at least 1"),
         (
             &["--rate-limit", "0", "--rate-burst", "5"],
             2,
@@ -357,41 +360,44 @@ async fn the_binarys_security_flags_and_environment_take_effect() {
 
 #[tokio::test]
 async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
-    let addr = free_addr();
-    let mut server = wshub(addr, &[]);
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let mut ws = connect(&format!("ws://{addr}/ws")).await;
-        subscribe(&mut ws, "news").await;
-        clients.push(ws);
-    }
-    publish(addr, "news", 7).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    for mut ws in clients {
-        assert_eq!(
-            recv_json(&mut ws).await["data"],
-            7,
-            "queued before the signal"
-        );
-        let (code, _) = recv_close(&mut ws).await;
-        assert_eq!(code, 1001);
-    }
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(exit) = server.0.try_wait().expect("wait for wshub") {
-            break exit;
+    // `--threads 1` runs the current-thread scheduler, more threads the multi-thread one.
+    for threads in ["1", "2"] {
+        let addr = free_addr();
+        let mut server = wshub(addr, &["--threads", threads]);
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let mut ws = connect(&format!("ws://{addr}/ws")).await;
+            subscribe(&mut ws, "news").await;
+            clients.push(ws);
         }
-        assert!(
-            Instant::now() < deadline,
-            "wshub still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "{exit:?}");
+        publish(addr, "news", 7).await;
+        let status = Command::new("kill")
+            .args(["-TERM", &server.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        for mut ws in clients {
+            assert_eq!(
+                recv_json(&mut ws).await["data"],
+                7,
+                "--threads {threads}: queued before the signal"
+            );
+            let (code, _) = recv_close(&mut ws).await;
+            assert_eq!(code, 1001, "--threads {threads}");
+        }
+        let deadline = Instant::now() + WAIT;
+        let exit = loop {
+            if let Some(exit) = server.0.try_wait().expect("wait for wshub") {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "--threads {threads}: wshub still running after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "--threads {threads}: {exit:?}");
+    }
 }
 
 #[tokio::test]

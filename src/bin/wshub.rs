@@ -16,6 +16,8 @@ struct Args {
     server: ServerConfig,
     tokens: Tokens,
     redis: Option<RedisConfig>,
+    /// Runtime worker threads (`None`: the CPUs this process may use).
+    threads: Option<usize>,
 }
 
 const HELP: &str = "\
@@ -40,6 +42,9 @@ USAGE: wshub [OPTIONS]
   --max-channel-name-len N    longest channel name, in characters [default: 256]
   --max-body-size BYTES       largest HTTP API request body [default: 1048576]
   --shutdown-timeout SECS     grace period for clients on SIGINT/SIGTERM [default: 10]
+  --threads N                 runtime worker threads; 1 runs everything on one thread, the
+                              cheapest per message on one core [default: the CPUs this
+                              process may use]
 
 History and recovery:
   --history PATTERN           keep a history on matching channels (repeatable; same syntax as
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
         server: server_config,
         tokens,
         redis,
+        threads,
     } = match parse_args(std::env::args().skip(1)) {
         Ok(Some(args)) => args,
         Ok(None) => return ExitCode::SUCCESS,
@@ -109,10 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wshub: cannot start the runtime: {e}");
@@ -194,6 +197,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
     }
     let (mut rate, mut burst) = (100u32, None);
     let (mut redis_urls, mut redis_prefix) = (Vec::new(), None);
+    let mut threads = None;
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -241,6 +245,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
             "--max-channel-name-len" => hub.max_channel_name_len = number(&flag, &value()?)?,
             "--max-body-size" => server.max_body_size = number(&flag, &value()?)?,
             "--shutdown-timeout" => server.shutdown_timeout = secs(&flag, &value()?)?,
+            "--threads" => {
+                let v = value()?;
+                threads = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("--threads {v}: expected at least 1"))?,
+                );
+            }
             "--auth-token" => tokens.push(id_token(&flag, &value()?)?),
             "--allowed-origin" => hub.allowed_origins.push(value()?),
             "--max-connections" => hub.max_connections = number(&flag, &value()?)?,
@@ -274,7 +287,27 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
         server,
         tokens,
         redis,
+        threads,
     }))
+}
+
+/// The tokio runtime for `threads` workers (default: the CPUs this process may use, which
+/// `taskset` and cgroup limits narrow). One worker gets the current-thread scheduler: with a
+/// single thread there is nobody to steal work from, and its run queue needs no atomics, which
+/// made chat on one core about 10 % cheaper per delivery than the multi-thread scheduler with
+/// one worker (`perf/README.md`).
+fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build()
 }
 
 fn id_token(flag: &str, v: &str) -> Result<(String, String), String> {
