@@ -50,6 +50,11 @@ const MAX_PIPELINED: usize = 64;
 /// ... and their payload bytes at most (beyond the first publish).
 const MAX_PIPELINED_BYTES: usize = 256 << 10;
 
+/// Scheduler rounds a write waits at most while each round brings more frames for it.
+const GATHER_ROUNDS: u8 = 4;
+/// ... as long as fewer frames than this are waiting for the write.
+const GATHER_FRAMES: usize = 64;
+
 /// Read buffer growth step. The buffer is allocated when a read is attempted and released
 /// whenever the connection goes idle with nothing buffered.
 const READ_CHUNK: usize = 4096;
@@ -196,6 +201,8 @@ pub(crate) struct Session<S> {
     coalesce: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The pause was started during the current poll.
     coalesce_started: bool,
+    /// Scheduler rounds the current pause has lasted (see `write`).
+    rounds: u8,
     /// Requests still being carried out by the broker (allocated only while there are any).
     pending: Option<Box<InFlight>>,
 }
@@ -324,6 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             bursting: false,
             coalesce: None,
             coalesce_started: false,
+            rounds: 0,
             hub,
             client,
         }
@@ -824,8 +832,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 self.coalesce = None;
                 // What other tasks published during the pause joins this write.
-                self.take(cx, false)?;
+                let gathered = self.take(cx, false)?;
                 progress = true;
+                if gathered
+                    && self.rounds < GATHER_ROUNDS
+                    && self.inflight.len() < GATHER_FRAMES
+                    && !self.close_queued
+                    && self.hub.config().write_delay.is_zero()
+                {
+                    // Frames still arrive (a burst of publishes is being read) and the write
+                    // is small yet: one more round, so that the burst's tail joins it too.
+                    self.rounds += 1;
+                    if self.pause(Box::pin(tokio::task::yield_now()), cx) {
+                        return Ok(progress);
+                    }
+                }
             }
             if self.inflight.is_empty() {
                 if self.needs_flush {
@@ -851,20 +872,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     // ready (the other sessions of a chat room reading their publishes) adds
                     // its frames first, and one `writev` carries them all: each socket is
                     // written at most once per round, as uWebSockets drains once per loop.
-                    // With a `write_delay`, wait that long instead (unless the outbox says the
-                    // write is due now).
+                    // While each round brings more frames and the write is still small, it
+                    // waits up to `GATHER_ROUNDS` rounds (see above). With a `write_delay`,
+                    // wait that long instead (unless the outbox says the write is due now).
                     self.bursting = true;
+                    self.rounds = 1;
                     let delay = self.hub.config().write_delay;
-                    let mut pause: Pin<Box<dyn Future<Output = ()> + Send>> = if delay.is_zero() {
+                    let pause: Pin<Box<dyn Future<Output = ()> + Send>> = if delay.is_zero() {
                         Box::pin(tokio::task::yield_now())
                     } else if self.client.outbox.delay(cx.waker()) {
                         Box::pin(tokio::time::sleep(delay))
                     } else {
                         continue;
                     };
-                    if pause.as_mut().poll(cx).is_pending() {
-                        self.coalesce = Some(pause);
-                        self.coalesce_started = true;
+                    if self.pause(pause, cx) {
                         return Ok(progress);
                     }
                 }
@@ -889,6 +910,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     self.consume(written);
                 }
             }
+        }
+    }
+
+    /// Starts `pause` before the next write; `true` while it is pending (the write waits).
+    fn pause(
+        &mut self,
+        mut pause: Pin<Box<dyn Future<Output = ()> + Send>>,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        if pause.as_mut().poll(cx).is_pending() {
+            self.coalesce = Some(pause);
+            self.coalesce_started = true;
+            true
+        } else {
+            false
         }
     }
 
