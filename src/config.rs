@@ -153,7 +153,8 @@ pub struct HubConfig {
     /// writes at once. tokio's timer ticks in milliseconds, so a delay under 1 ms acts as
     /// 1 ms, and every delay may run up to 1 ms longer. Must be less than `write_timeout`.
     /// The default value is zero: a connection waits only for the other tasks that are
-    /// ready at that moment (one scheduler round), which adds no measurable latency.
+    /// ready at that moment (one scheduler round, or up to four while each round brings it
+    /// more frames and its write is still small), which adds no measurable latency.
     pub write_delay: Duration,
     /// After the server sends a close frame, how long it waits for the client's close frame
     /// before dropping the connection. The default value is 5 s.
