@@ -292,10 +292,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
 }
 
 /// The tokio runtime for `threads` workers (default: the CPUs this process may use, which
-/// `taskset` and cgroup limits narrow). One worker gets the current-thread scheduler: with a
-/// single thread there is nobody to steal work from, and its run queue needs no atomics, which
+/// `taskset` and cgroup limits narrow). One worker gets the current-thread scheduler, which
 /// made chat on one core about 10 % cheaper per delivery than the multi-thread scheduler with
-/// one worker (`perf/README.md`).
+/// one worker (`perf/README.md`, "Later changes").
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = threads
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
