@@ -299,7 +299,7 @@ struct Shard {
 struct HistoryWriter {
     /// A connection of its own (when the node has history channels): the calls are made one
     /// at a time, so when this connection fails, the writer forgets what it knew of the
-    /// Redis process (see [`forgets`]) before its next call, which may reach a restarted
+    /// Redis process (see [`forget_after`]) before its next call, which may reach a restarted
     /// process. On a connection shared with other commands, one of those could fail and
     /// reconnect it between the writer reading what it knows and sending its call.
     conn: ConnectionManager,
@@ -407,9 +407,7 @@ impl HistoryWriter {
             Ok(flat) if flat.len() == 3 * batch.len() + 1 => flat,
             other => {
                 if let Err(e) = &other {
-                    if forgets(e) {
-                        forget_run_id(&self.run_id);
-                    }
+                    forget_after(&self.run_id, e);
                 }
                 let reason = match other {
                     Err(e) => format!("Redis publish failed: {e}"),
@@ -584,18 +582,20 @@ fn lock(run_id: &RunId) -> std::sync::MutexGuard<'_, Known> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Whether a failed command means that the node must forget what it knows of the Redis process
-/// (see [`forget_run_id`]): unless Redis answered with an error reply (a key of another type,
-/// an error in a script), the connection may have failed, and what answers next may be another
-/// process. An error reply comes from the process the node knows: after a restart, the first
-/// command on the old connection fails with an I/O error (the broker speaks RESP2, see
+/// A command failed with `e`: forgets what the node knows of the Redis process (see
+/// [`forget_run_id`]) unless Redis answered with an error reply (a key of another type, an
+/// error in a script). Otherwise the connection may have failed, and what answers next may be
+/// another process. An error reply comes from the process the node knows: after a restart, the
+/// first command on the old connection fails with an I/O error (the broker speaks RESP2, see
 /// [`resp2_client`]).
-fn forgets(e: &redis::RedisError) -> bool {
-    !matches!(
+fn forget_after(run_id: &RunId, e: &redis::RedisError) {
+    if !matches!(
         e.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
             | redis::ErrorKind::Extension
-    )
+    ) {
+        forget_run_id(run_id);
+    }
 }
 
 /// Forgets the run id and the channels' positions: the next history script looks them up.
@@ -625,9 +625,7 @@ impl Shard {
 
     /// A command on the publishing connection failed: Redis may be restarting.
     fn failed(&self, e: &redis::RedisError) {
-        if forgets(e) {
-            forget_run_id(&self.run_id);
-        }
+        forget_after(&self.run_id, e);
     }
 }
 
@@ -1151,9 +1149,7 @@ impl Census {
                 reported = match self.report(n).await {
                     Ok(()) => Some((n, now)),
                     Err(e) => {
-                        if forgets(&e) {
-                            forget_run_id(&self.run_id);
-                        }
+                        forget_after(&self.run_id, &e);
                         None
                     }
                 };
