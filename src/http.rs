@@ -141,6 +141,7 @@ impl Hub {
     /// once hyper hands over the connection; the session registers the client, fires the
     /// connect hook and runs until the connection ends. Anything else is answered with
     /// `{"error":"<reason>"}`:
+    /// - `405` for a method other than `GET`;
     /// - `400` for a request that is not a valid WebSocket upgrade (missing
     ///   `Upgrade: websocket`, missing key, version other than 13);
     /// - `403` for an `Origin` outside [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins);
@@ -168,6 +169,16 @@ impl Hub {
     pub fn upgrade<B>(&self, request: &mut Request<B>) -> Response<Body> {
         if self.is_shutting_down() {
             return error_response(StatusCode::SERVICE_UNAVAILABLE, "hub is shutting down");
+        }
+        if request.method() != hyper::Method::GET {
+            // RFC 6455 §4.1: the opening handshake is a GET request.
+            let mut resp = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket upgrade must be a GET request",
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return resp;
         }
         if !fastwebsockets::upgrade::is_upgrade_request(request) {
             return error_response(

@@ -2,6 +2,8 @@
 //! with a certificate made in the test by rcgen, hyper and `Hub::upgrade` behind it).
 #![cfg(all(feature = "client", feature = "server"))]
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use wshub::client::rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use wshub::client::{rustls, ClientConfig, ClientError, Event, Events, ReconnectingClient};
+use wshub::client::{rustls, ClientConfig, ClientError, Event, Events, Proxy, ReconnectingClient};
 use wshub::{Hub, Json, Message};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -116,6 +118,40 @@ async fn wss_works_with_a_trusted_certificate() {
         Event::Disconnected(ClientError::Closed) => {}
         other => panic!("expected Disconnected(Closed), got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn wss_goes_through_an_http_proxy_tunnel_end_to_end() {
+    let hub = Hub::new();
+    let (addr, cert) = tls_server(hub.clone()).await;
+    let proxy = support::proxy::TestProxy::start("200 Connection established").await;
+    let config = ClientConfig::default()
+        .tls(trusting(cert))
+        .proxy(Proxy::Url(proxy.url.clone()));
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let (client, mut events) = ReconnectingClient::builder()
+        .config(config)
+        .connect(&url)
+        .unwrap();
+    client.subscribe("secure").unwrap();
+    assert!(matches!(next_event(&mut events).await, Event::Connected));
+    let msg = Message::new("event").with_data(Json::string("tunnelled"));
+    hub.publish("secure", &msg).await.unwrap();
+    match next_event(&mut events).await {
+        Event::Message(m) => assert!(m.text().unwrap().contains(r#""data":"tunnelled""#)),
+        other => panic!("expected a message, got {other:?}"),
+    }
+    // The proxy saw only the tunnel request; TLS (with the server's name) ran inside it.
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 1);
+    let dest = format!("localhost:{}", addr.port());
+    assert!(
+        heads[0].starts_with(&format!("CONNECT {dest} HTTP/1.1\r\n")),
+        "{}",
+        heads[0]
+    );
+    client.close();
+    timeout(WAIT, client.closed()).await.unwrap().unwrap();
 }
 
 #[tokio::test]

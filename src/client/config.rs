@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
+use super::proxy::{self, Proxy};
 use super::{Events, ReconnectingClient};
 use crate::error::ConfigError;
 
@@ -107,6 +108,10 @@ pub struct ClientConfig {
     /// via `rustls-native-certs`) or to present a client certificate; leave its ALPN list
     /// empty or `http/1.1`. The default value is `None`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whether to dial through an HTTP proxy (`CONNECT`). The default value is
+    /// [`Proxy::FromEnvironment`]: `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`, as go-ws's default
+    /// dialer; loopback hosts always connect directly.
+    pub proxy: Proxy,
 }
 
 impl Default for ClientConfig {
@@ -128,6 +133,7 @@ impl Default for ClientConfig {
             require_json: true,
             event_capacity: 1024,
             send_queue_capacity: 256,
+            proxy: Proxy::FromEnvironment,
             tls: None,
         }
     }
@@ -154,6 +160,7 @@ impl fmt::Debug for ClientConfig {
             .field("event_capacity", &self.event_capacity)
             .field("send_queue_capacity", &self.send_queue_capacity)
             .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -248,6 +255,20 @@ impl ClientConfig {
         self
     }
 
+    /// Sets [`proxy`](Self::proxy) (default [`Proxy::FromEnvironment`]).
+    ///
+    /// # Examples
+    /// ```
+    /// use wshub::client::{ClientConfig, Proxy};
+    /// let config = ClientConfig::default().proxy(Proxy::Direct);
+    /// assert_eq!(config.proxy, Proxy::Direct);
+    /// ```
+    #[must_use]
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     /// The reconnect schedule these settings describe (jitter not included).
     ///
     /// # Examples
@@ -273,8 +294,8 @@ impl ClientConfig {
     /// A [`ConfigError`] naming the first offending field: a zero duration or capacity,
     /// `max_backoff < initial_backoff`, a multiplier below 1.0 or not finite, a jitter outside
     /// 0.0..=1.0, `keepalive_timeout <= keepalive_interval`, `max_message_size` under 125
-    /// bytes, or a header whose name or value is not valid HTTP or that the handshake sets
-    /// itself.
+    /// bytes, a header whose name or value is not valid HTTP or that the handshake sets
+    /// itself, or a [`Proxy::Url`] that is not an `http://` URL.
     ///
     /// # Examples
     /// ```
@@ -369,7 +390,7 @@ impl ClientConfig {
                 ));
             }
         }
-        Ok(())
+        proxy::validate(&self.proxy)
     }
 }
 

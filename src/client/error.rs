@@ -10,7 +10,8 @@ use crate::frame::{close_code, ProtocolError};
 /// Why a dial failed, why a connection ended, or why the client stopped.
 ///
 /// A dial failure ([`Connect`](Self::Connect), [`Tls`](Self::Tls),
-/// [`ConnectTimeout`](Self::ConnectTimeout), [`Handshake`](Self::Handshake)) is reported in
+/// [`ConnectTimeout`](Self::ConnectTimeout), [`Proxy`](Self::Proxy),
+/// [`Handshake`](Self::Handshake)) is reported in
 /// [`Event::ConnectFailed`](super::Event::ConnectFailed) and retried after a backoff. The end
 /// of an established connection is reported in
 /// [`Event::Disconnected`](super::Event::Disconnected) and followed by an immediate redial;
@@ -34,6 +35,9 @@ pub enum ClientError {
     ConnectTimeout(Duration),
     /// The server's answer to the upgrade request is not a valid WebSocket handshake.
     Handshake(HandshakeError),
+    /// The HTTP proxy ([`ClientConfig::proxy`](super::ClientConfig::proxy)) did not open a
+    /// tunnel to the server.
+    Proxy(ProxyError),
     /// Reading from or writing to an established connection failed.
     Io(Arc<io::Error>),
     /// The server closed the TCP connection without a close frame.
@@ -131,6 +135,7 @@ impl fmt::Display for ClientError {
             ClientError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ClientError::ConnectTimeout(d) => write!(f, "connect timed out after {d:?}"),
             ClientError::Handshake(e) => write!(f, "WebSocket handshake failed: {e}"),
+            ClientError::Proxy(e) => write!(f, "proxy tunnel failed: {e}"),
             ClientError::Io(e) => write!(f, "connection error: {e}"),
             ClientError::ConnectionLost => {
                 f.write_str("connection closed by the server without a close frame")
@@ -172,6 +177,7 @@ impl std::error::Error for ClientError {
         match self {
             ClientError::Connect(e) | ClientError::Tls(e) | ClientError::Io(e) => Some(&**e),
             ClientError::Handshake(e) => Some(e),
+            ClientError::Proxy(e) => Some(e),
             ClientError::Protocol(e) => Some(e),
             ClientError::MaxRetries { last, .. } => Some(&**last),
             _ => None,
@@ -240,6 +246,49 @@ impl fmt::Display for HandshakeError {
 }
 
 impl std::error::Error for HandshakeError {}
+
+/// The HTTP proxy's answer to `CONNECT` did not open a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The proxy refused with this status (e.g. 407 when it wants credentials, 403, 502).
+    Status(u16),
+    /// The answer is not valid HTTP/1.1 (the parser's reason).
+    Malformed(String),
+    /// The answer's head is larger than `limit` bytes.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The proxy closed the connection before its answer was complete.
+    Eof,
+    /// The proxy sent bytes after its answer, before the client used the tunnel.
+    UnexpectedData,
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Status(code) => write!(f, "the proxy answered CONNECT with HTTP {code}"),
+            ProxyError::Malformed(reason) => write!(f, "malformed proxy response: {reason}"),
+            ProxyError::TooLarge { limit } => {
+                write!(f, "the proxy's response head exceeds {limit} bytes")
+            }
+            ProxyError::Eof => f.write_str("the proxy closed the connection before answering"),
+            ProxyError::UnexpectedData => {
+                f.write_str("the proxy sent data before the tunnel was used")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+impl From<ProxyError> for ClientError {
+    fn from(e: ProxyError) -> Self {
+        ClientError::Proxy(e)
+    }
+}
 
 /// [`ReconnectingClient::send`](super::ReconnectingClient::send) was called while the client
 /// is not connected (go-ws: `"not connected"`). Nothing is queued: the message is dropped.

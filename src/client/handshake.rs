@@ -1,6 +1,8 @@
 //! The client side of the opening handshake (RFC 6455 section 4.1): URL parsing, the upgrade
 //! request, and the checks on the server's response. Sans-IO except [`perform`].
 
+use std::fmt;
+
 use base64::Engine as _;
 use bytes::BytesMut;
 use sha1::{Digest, Sha1};
@@ -19,7 +21,7 @@ pub(super) const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// Where to connect, parsed from a `ws://` or `wss://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(super) struct Target {
     /// `wss://`.
     pub(super) tls: bool,
@@ -27,10 +29,27 @@ pub(super) struct Target {
     pub(super) host: String,
     /// Explicit port, or 80 / 443.
     pub(super) port: u16,
-    /// The `Host` header: the URL's authority.
+    /// The `Host` header: the URL's authority without user info.
     pub(super) authority: String,
     /// Path and query; `/` when the URL has none.
     pub(super) path: String,
+    /// `Basic <base64>` from the URL's user info (`ws://user:password@host/`), sent as
+    /// `Authorization` unless the configured headers have one.
+    pub(super) basic_auth: Option<String>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("tls", &self.tls)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field(
+                "basic_auth",
+                &self.basic_auth.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Target {
@@ -47,36 +66,105 @@ impl Target {
             _ => return Err(bad("the scheme must be ws:// or wss://")),
         };
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(bad(
-                "user info is not supported; send credentials in a header",
-            ));
+        let parts = Authority::split(authority.as_str()).map_err(bad)?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(Target {
+            tls,
+            host: parts.host.to_owned(),
+            port: parts.port.unwrap_or(if tls { 443 } else { 80 }),
+            authority: parts.host_port.to_owned(),
+            path: if path.is_empty() { "/" } else { path }.to_owned(),
+            basic_auth: parts.basic_auth().map_err(bad)?,
+        })
+    }
+
+    /// `host:port` as a `CONNECT` request names it (IPv6 in brackets).
+    pub(super) fn host_and_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
         }
-        let host = authority.host();
+    }
+}
+
+/// A URL authority `[user[:password]@]host[:port]`, split.
+pub(super) struct Authority<'a> {
+    /// The percent-encoded user info, without the `@`.
+    pub(super) user_info: Option<&'a str>,
+    /// `host[:port]`, as written.
+    pub(super) host_port: &'a str,
+    /// The host, without IPv6 brackets; never empty.
+    pub(super) host: &'a str,
+    /// The explicit port.
+    pub(super) port: Option<u16>,
+}
+
+impl<'a> Authority<'a> {
+    pub(super) fn split(authority: &'a str) -> Result<Authority<'a>, &'static str> {
+        let (user_info, host_port) = match authority.rsplit_once('@') {
+            Some((user, rest)) => (Some(user), rest),
+            None => (None, authority),
+        };
+        // A port follows the last `:` unless that is inside IPv6 brackets.
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) if !port.ends_with(']') => (host, Some(port)),
+            _ => (host_port, None),
+        };
         let host = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
         if host.is_empty() {
-            return Err(bad("no host"));
+            return Err("no host");
         }
-        // `Authority::port` hides an out-of-range port, so parse it here.
-        let port = match authority.as_str().rsplit_once(':') {
-            Some((_, port)) if !port.ends_with(']') && !port.is_empty() => {
-                Some(port.parse::<u16>().map_err(|_| bad("invalid port"))?)
-            }
+        let port = match port {
+            // `http::uri::Authority::port` hides an out-of-range port, so parse it here.
+            Some(p) if !p.is_empty() => Some(p.parse::<u16>().map_err(|_| "invalid port")?),
             _ => None,
         };
-        let default_port = if tls { 443 } else { 80 };
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        Ok(Target {
-            tls,
-            host: host.to_owned(),
-            port: port.unwrap_or(default_port),
-            authority: authority.as_str().to_owned(),
-            path: if path.is_empty() { "/" } else { path }.to_owned(),
+        Ok(Authority {
+            user_info,
+            host_port,
+            host,
+            port,
         })
     }
+
+    /// The `Basic` credentials of the user info, percent-decoded (RFC 7617).
+    pub(super) fn basic_auth(&self) -> Result<Option<String>, &'static str> {
+        let Some(info) = self.user_info else {
+            return Ok(None);
+        };
+        let (user, password) = info.split_once(':').unwrap_or((info, ""));
+        let user = percent_decode(user).ok_or("invalid percent-encoding in the user info")?;
+        let password =
+            percent_decode(password).ok_or("invalid percent-encoding in the user info")?;
+        let plain = format!("{user}:{password}");
+        Ok(Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(plain)
+        )))
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// A fresh random `Sec-WebSocket-Key`: 16 random bytes, base64.
@@ -92,13 +180,24 @@ pub(super) fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// The upgrade request. `headers` have been validated (no CR/LF, not reserved).
+/// The upgrade request. `headers` have been validated (no CR/LF, not reserved). The URL's
+/// credentials go in `Authorization` unless `headers` set it.
 pub(super) fn request(target: &Target, key: &str, headers: &[(String, String)]) -> Vec<u8> {
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
         target.path, target.authority
     );
+    if let Some(auth) = &target.basic_auth {
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            req.push_str("Authorization: ");
+            req.push_str(auth);
+            req.push_str("\r\n");
+        }
+    }
     for (name, value) in headers {
         req.push_str(name);
         req.push_str(": ");
@@ -259,6 +358,7 @@ mod tests {
                 port: 8080,
                 authority: "127.0.0.1:8080".into(),
                 path: "/ws".into(),
+                basic_auth: None,
             }
         );
         let t = Target::parse("wss://[::1]/x?token=a").unwrap();
@@ -268,10 +368,22 @@ mod tests {
         assert_eq!(t.path, "/x?token=a");
         let t = Target::parse("WS://example.com").unwrap();
         assert_eq!((t.port, t.path.as_str()), (80, "/"));
+        // User info becomes Basic credentials (percent-decoded), never part of `Host`.
+        let t = Target::parse("ws://al%40ice:p%3Ass@h:81/x").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority.as_str()),
+            ("h", 81, "h:81")
+        );
+        // base64("al@ice:p:ss")
+        assert_eq!(t.basic_auth.as_deref(), Some("Basic YWxAaWNlOnA6c3M="));
+        assert!(!format!("{t:?}").contains("YWxA"));
+        let t = Target::parse("wss://bob@[::1]/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 443));
+        assert_eq!(t.basic_auth.as_deref(), Some("Basic Ym9iOg=="));
         for bad in [
             "http://h/",
             "h:80",
-            "ws://u:p@h/",
+            "ws://u:%zz@h/",
             "ws://h/#f",
             "ws://h:99999/",
             "ws:///x",
@@ -294,6 +406,14 @@ mod tests {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
              Authorization: Bearer x\r\n\r\n"
         );
+        // URL credentials, unless a configured header already authorizes.
+        let t = Target::parse("ws://u:p@h:1/p").unwrap();
+        let req = String::from_utf8(request(&t, KEY, &[])).unwrap();
+        assert!(req.contains("\r\nHost: h:1\r\n"), "{req}");
+        assert!(req.contains("\r\nAuthorization: Basic dTpw\r\n"), "{req}");
+        let req = request(&t, KEY, &[("authorization".into(), "Bearer x".into())]);
+        let req = String::from_utf8(req).unwrap();
+        assert!(!req.contains("Basic"), "{req}");
     }
 
     #[test]

@@ -134,9 +134,11 @@ mod config;
 mod connection;
 mod error;
 mod handshake;
+mod proxy;
 
 pub use config::{Backoff, ClientBuilder, ClientConfig};
-pub use error::{ClientError, HandshakeError, NotConnected};
+pub use error::{ClientError, HandshakeError, NotConnected, ProxyError};
+pub use proxy::Proxy;
 /// The rustls crate, for [`ClientConfig::tls`].
 pub use tokio_rustls::rustls;
 
@@ -901,9 +903,10 @@ impl fmt::Debug for ReconnectingClient {
     }
 }
 
-/// How to reach the server: the parsed URL and the TLS connector.
+/// How to reach the server: the parsed URL, the proxy and the TLS connector.
 struct Dialer {
     target: Target,
+    proxy: Option<proxy::ProxyTarget>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
@@ -915,8 +918,13 @@ enum Dialed {
 
 impl Dialer {
     fn new(target: Target, config: &ClientConfig) -> Result<Dialer, ConfigError> {
+        let proxy = proxy::resolve(&config.proxy, &target, |name| std::env::var(name).ok())?;
         if !target.tls {
-            return Ok(Dialer { target, tls: None });
+            return Ok(Dialer {
+                target,
+                proxy,
+                tls: None,
+            });
         }
         let name = ServerName::try_from(target.host.clone()).map_err(|e| {
             ConfigError::new(
@@ -930,16 +938,30 @@ impl Dialer {
         };
         Ok(Dialer {
             target,
+            proxy,
             tls: Some((TlsConnector::from(tls), name)),
         })
     }
 
-    /// TCP connect, TLS, WebSocket handshake.
+    /// TCP connect (and the proxy's tunnel), TLS, WebSocket handshake.
     async fn dial(&self, headers: &[(String, String)]) -> Result<Dialed, ClientError> {
         let target = &self.target;
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(ClientError::connect)?;
+        let tcp = match &self.proxy {
+            None => TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(ClientError::connect)?,
+            Some(p) => {
+                let mut tcp = TcpStream::connect((p.host.as_str(), p.port))
+                    .await
+                    .map_err(|e| {
+                        let e =
+                            std::io::Error::new(e.kind(), format!("proxy {}: {e}", p.host_port));
+                        ClientError::connect(e)
+                    })?;
+                proxy::tunnel(&mut tcp, p, target).await?;
+                tcp
+            }
+        };
         // Small messages go out at once; the writer already batches.
         let _ = tcp.set_nodelay(true);
         match &self.tls {

@@ -157,10 +157,11 @@ impl Message {
         self
     }
 
-    /// Sets the `data` field.
+    /// Sets the `data` field. JSON `null` leaves it unset, so that the field is omitted, as
+    /// go-ws omits a nil `Data`.
     #[must_use]
     pub fn with_data(mut self, data: Json) -> Message {
-        self.data = Some(data);
+        self.data = (data.as_bytes() != b"null").then_some(data);
         self
     }
 
@@ -437,6 +438,12 @@ mod tests {
                 msg.to_json(None, at()),
                 format!(r#"{{"type":"event","data":{text},{TS}"#)
             );
+        }
+        // go-ws leaves a nil `Data` out: JSON null is the absent value.
+        for null in [Json::null(), Json::parse(" null ").unwrap()] {
+            let msg = Message::new("event").with_data(null);
+            assert_eq!(msg.data(), None);
+            assert_eq!(msg.to_json(None, at()), format!(r#"{{"type":"event",{TS}"#));
         }
     }
 

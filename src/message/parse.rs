@@ -98,7 +98,9 @@ pub fn parse(payload: &[u8]) -> Result<Request<'_>, ParseError> {
     }
     let env: Envelope<'_> = serde_json::from_slice(payload).map_err(ParseError::Json)?;
     let channel = |kind: &'static str, allow_data: bool| -> Result<Cow<'_, str>, ParseError> {
-        if let Some(c) = &env.channel {
+        // An empty `channel` gives way to a name in `data` (a client that always sends the
+        // field).
+        if let Some(c) = env.channel.as_ref().filter(|c| !c.is_empty()) {
             return Ok(c.clone());
         }
         // go-ws puts the channel name in `data` as a JSON string.
@@ -109,7 +111,11 @@ pub fn parse(payload: &[u8]) -> Result<Request<'_>, ParseError> {
                 }
             }
         }
-        Err(ParseError::MissingChannel(kind))
+        match &env.channel {
+            // Refused later as an invalid (empty) name.
+            Some(empty) => Ok(empty.clone()),
+            None => Err(ParseError::MissingChannel(kind)),
+        }
     };
     Ok(match &*env.kind {
         "subscribe" => match env.offset {
@@ -153,6 +159,10 @@ mod tests {
         assert_eq!(
             parse(br#"{"type":"unsubscribe","data":"a\u0041"}"#).unwrap(),
             Request::Unsubscribe("aA".into())
+        );
+        assert_eq!(
+            parse(br#"{"type":"subscribe","channel":"","data":"news"}"#).unwrap(),
+            Request::Subscribe("news".into())
         );
         assert_eq!(parse(br#" {"type":"ping"} "#).unwrap(), Request::Ping);
         assert_eq!(

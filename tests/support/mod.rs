@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod history;
+pub mod proxy;
 pub mod redis_server;
 
 use std::net::SocketAddr;

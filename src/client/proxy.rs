@@ -1,0 +1,405 @@
+//! Dialing through an HTTP proxy: which proxy a URL uses ([`Proxy`], the environment variables
+//! Go's `http.ProxyFromEnvironment` reads) and the `CONNECT` tunnel (RFC 9110 §9.3.6).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::error::{ClientError, ProxyError};
+use super::handshake::{Authority, Target, MAX_RESPONSE_HEAD};
+use crate::error::ConfigError;
+
+/// Most response headers parsed in the proxy's answer.
+const MAX_HEADERS: usize = 64;
+
+/// Whether and how the client goes through an HTTP proxy.
+///
+/// # Examples
+/// ```
+/// use wshub::client::{ClientConfig, Proxy};
+/// let config = ClientConfig::default().proxy(Proxy::Url("http://proxy.internal:3128".into()));
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Proxy {
+    /// Connect to the server directly.
+    Direct,
+    /// As Go's `http.ProxyFromEnvironment` (and so go-ws's default dialer): `ws://` URLs use
+    /// `HTTP_PROXY` (or `http_proxy`), `wss://` URLs `HTTPS_PROXY` (or `https_proxy`); hosts
+    /// listed in `NO_PROXY` (or `no_proxy`: names, which match their subdomains too,
+    /// `.domain` for subdomains only, IP addresses, CIDR blocks, each with an optional
+    /// `:port`, or `*` for all) and `localhost` and loopback addresses always connect
+    /// directly. The variables are read when the client starts. The default value.
+    #[default]
+    FromEnvironment,
+    /// Always this proxy: `http://[user:password@]host[:port]` (port 80 by default; a URL
+    /// without a scheme means `http://`). User info is sent as `Proxy-Authorization: Basic`.
+    Url(String),
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Proxy::Direct => f.write_str("Direct"),
+            Proxy::FromEnvironment => f.write_str("FromEnvironment"),
+            // The URL may carry a password.
+            Proxy::Url(url) => match Authority::split(strip_scheme(url).0) {
+                Ok(a) => f.debug_tuple("Url").field(&a.host_port).finish(),
+                Err(_) => f.write_str("Url(<invalid>)"),
+            },
+        }
+    }
+}
+
+/// The proxy a dial goes through.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct ProxyTarget {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// `host:port`, for messages.
+    pub(super) host_port: String,
+    /// `Basic <base64>` from the proxy URL's user info.
+    pub(super) auth: Option<String>,
+}
+
+impl fmt::Debug for ProxyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyTarget")
+            .field("host_port", &self.host_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits `scheme://` off a URL: `(rest up to the path, scheme)`.
+fn strip_scheme(url: &str) -> (&str, Option<&str>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    (&rest[..end], scheme)
+}
+
+/// Parses a proxy URL (`source` names where it came from, for errors).
+fn parse_proxy_url(url: &str, source: &str) -> Result<ProxyTarget, ConfigError> {
+    let bad = |reason: &str| ConfigError::new("proxy", format!("{source} {url:?}: {reason}"));
+    let (authority, scheme) = strip_scheme(url.trim());
+    match scheme {
+        None => {}
+        Some(s) if s.eq_ignore_ascii_case("http") => {}
+        Some(s) => {
+            return Err(bad(&format!(
+                "{s}:// proxies are not supported, only http:// (CONNECT)"
+            )))
+        }
+    }
+    let parts = Authority::split(authority).map_err(bad)?;
+    Ok(ProxyTarget {
+        host: parts.host.to_owned(),
+        port: parts.port.unwrap_or(80),
+        host_port: parts.host_port.to_owned(),
+        auth: parts.basic_auth().map_err(bad)?,
+    })
+}
+
+/// Checks a [`Proxy::Url`] (the environment is read when the client starts).
+pub(super) fn validate(proxy: &Proxy) -> Result<(), ConfigError> {
+    match proxy {
+        Proxy::Url(url) => parse_proxy_url(url, "proxy URL").map(drop),
+        Proxy::Direct | Proxy::FromEnvironment => Ok(()),
+    }
+}
+
+/// The proxy to use for `target`, if any; `env` reads an environment variable.
+pub(super) fn resolve(
+    proxy: &Proxy,
+    target: &Target,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ProxyTarget>, ConfigError> {
+    match proxy {
+        Proxy::Direct => Ok(None),
+        Proxy::Url(url) => parse_proxy_url(url, "proxy URL").map(Some),
+        Proxy::FromEnvironment => {
+            let any = |names: &[&'static str]| {
+                names
+                    .iter()
+                    .find_map(|&n| env(n).filter(|v| !v.trim().is_empty()).map(|v| (n, v)))
+            };
+            let found = if target.tls {
+                any(&["HTTPS_PROXY", "https_proxy"])
+            } else if env("REQUEST_METHOD").is_some() {
+                // A CGI program: `HTTP_PROXY` may come from a request header ("httpoxy"),
+                // so Go ignores it there.
+                any(&["http_proxy"])
+            } else {
+                any(&["HTTP_PROXY", "http_proxy"])
+            };
+            let Some((name, url)) = found else {
+                return Ok(None);
+            };
+            if is_local(&target.host) {
+                return Ok(None);
+            }
+            let no_proxy = any(&["NO_PROXY", "no_proxy"]).map(|(_, v)| v);
+            if no_proxy.is_some_and(|list| bypasses(&list, &target.host, target.port)) {
+                return Ok(None);
+            }
+            parse_proxy_url(&url, &format!("environment variable {name}")).map(Some)
+        }
+    }
+}
+
+/// `localhost` and loopback addresses never go through a proxy (as in Go).
+fn is_local(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether the `NO_PROXY` list `list` exempts `host:port`.
+fn bypasses(list: &str, host: &str, port: u16) -> bool {
+    let host = host.to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
+    let ip = host.parse::<IpAddr>().ok();
+    list.split(',').map(str::trim).any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        if entry.is_empty() {
+            return false;
+        }
+        let entry = entry.to_ascii_lowercase();
+        if let Some((net, bits)) = entry.split_once('/') {
+            return match (ip, net.parse::<IpAddr>(), bits.parse::<u8>()) {
+                (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip, net, bits),
+                _ => false,
+            };
+        }
+        // An optional `:port` (IPv6 addresses in brackets when they have one).
+        let (name, entry_port) = match Authority::split(&entry) {
+            Ok(a) => (a.host.to_owned(), a.port),
+            Err(_) => return false,
+        };
+        if entry_port.is_some_and(|p| p != port) {
+            return false;
+        }
+        if let (Some(ip), Ok(entry_ip)) = (ip, name.parse::<IpAddr>()) {
+            return ip == entry_ip;
+        }
+        let name = name.trim_end_matches('.');
+        match name.strip_prefix('.') {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == name || host.ends_with(&format!(".{name}")),
+        }
+    })
+}
+
+/// Whether `ip` is in `net/bits`.
+fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    let prefix = |a: u128, b: u128, len: u32, max: u32| {
+        len <= max && (len == 0 || (a ^ b) >> (max - len) == 0)
+    };
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => prefix(
+            u128::from(u32::from(a)),
+            u128::from(u32::from(b)),
+            u32::from(bits),
+            32,
+        ),
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            prefix(u128::from(a), u128::from(b), u32::from(bits), 128)
+        }
+        _ => false,
+    }
+}
+
+/// Asks the proxy on `io` for a tunnel to `target` and reads its answer.
+pub(super) async fn tunnel<S>(
+    io: &mut S,
+    proxy: &ProxyTarget,
+    target: &Target,
+) -> Result<(), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let dest = target.host_and_port();
+    let mut req = format!("CONNECT {dest} HTTP/1.1\r\nHost: {dest}\r\n");
+    if let Some(auth) = &proxy.auth {
+        req.push_str("Proxy-Authorization: ");
+        req.push_str(auth);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    io.write_all(req.as_bytes())
+        .await
+        .map_err(ClientError::io)?;
+    io.flush().await.map_err(ClientError::io)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if io.read_buf(&mut buf).await.map_err(ClientError::io)? == 0 {
+            return Err(ProxyError::Eof.into());
+        }
+        if let Some(len) = check_answer(&buf)? {
+            // The server speaks only after the client (the upgrade request or the TLS
+            // hello), so anything past the answer is not from it.
+            if buf.len() > len {
+                return Err(ProxyError::UnexpectedData.into());
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Checks the proxy's answer at the front of `buf`: its length once complete and 2xx.
+fn check_answer(buf: &[u8]) -> Result<Option<usize>, ProxyError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(ProxyError::TooLarge {
+                limit: MAX_RESPONSE_HEAD,
+            })
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ProxyError::Malformed(e.to_string())),
+    };
+    if len > MAX_RESPONSE_HEAD {
+        return Err(ProxyError::TooLarge {
+            limit: MAX_RESPONSE_HEAD,
+        });
+    }
+    match response.code {
+        Some(200..=299) => Ok(Some(len)),
+        Some(code) => Err(ProxyError::Status(code)),
+        None => Err(ProxyError::Malformed("no status code".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn via(url: &str, vars: &[(&str, &str)]) -> Option<String> {
+        let target = Target::parse(url).unwrap();
+        resolve(&Proxy::FromEnvironment, &target, env(vars))
+            .unwrap()
+            .map(|p| p.host_port)
+    }
+
+    #[test]
+    fn the_environment_picks_the_proxy_by_scheme() {
+        let vars = [("HTTP_PROXY", "p1:3128"), ("https_proxy", "http://p2")];
+        assert_eq!(
+            via("ws://example.com/ws", &vars).as_deref(),
+            Some("p1:3128")
+        );
+        assert_eq!(via("wss://example.com/ws", &vars).as_deref(), Some("p2"));
+        assert_eq!(via("ws://example.com/ws", &[]), None);
+        assert_eq!(via("ws://example.com/ws", &[("HTTP_PROXY", " ")]), None);
+        // Upper case first, as Go.
+        let both = [("HTTP_PROXY", "upper"), ("http_proxy", "lower")];
+        assert_eq!(via("ws://e.com", &both).as_deref(), Some("upper"));
+        // In a CGI program only the lower-case name counts.
+        let cgi = [("HTTP_PROXY", "upper"), ("REQUEST_METHOD", "GET")];
+        assert_eq!(via("ws://e.com", &cgi), None);
+    }
+
+    #[test]
+    fn local_and_no_proxy_hosts_connect_directly() {
+        let p = ("HTTP_PROXY", "proxy:8080");
+        for local in [
+            "ws://localhost:1/",
+            "ws://127.0.0.1/",
+            "ws://127.9.9.9/",
+            "ws://[::1]/",
+        ] {
+            assert_eq!(via(local, &[p]), None, "{local}");
+        }
+        let cases = [
+            ("*", "ws://a.com", true),
+            ("a.com", "ws://a.com", true),
+            ("a.com", "ws://x.a.com", true),
+            ("a.com", "ws://xa.com", false),
+            (".a.com", "ws://a.com", false),
+            (".a.com", "ws://x.a.com", true),
+            ("A.COM.", "ws://x.a.com", true),
+            ("a.com:81", "ws://a.com:81", true),
+            ("a.com:81", "ws://a.com", false),
+            ("10.1.2.3", "ws://10.1.2.3", true),
+            ("10.0.0.0/8", "ws://10.200.0.1", true),
+            ("10.0.0.0/8", "ws://11.0.0.1", false),
+            ("fd00::/8", "ws://[fd12::1]", true),
+            ("[fd12::1]:80", "ws://[fd12::1]", true),
+            (" b.com , a.com ", "ws://a.com", true),
+            ("b.com,,", "ws://a.com", false),
+            ("10.0.0.0/99", "ws://10.0.0.1", false),
+        ];
+        for (no_proxy, url, direct) in cases {
+            let got = via(url, &[p, ("no_proxy", no_proxy)]);
+            assert_eq!(got.is_none(), direct, "NO_PROXY={no_proxy:?} {url}");
+        }
+    }
+
+    #[test]
+    fn proxy_urls_are_checked() {
+        let target = Target::parse("ws://e.com").unwrap();
+        let p = resolve(
+            &Proxy::Url("http://u:p%21@[::1]:99".into()),
+            &target,
+            env(&[]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("::1", 99));
+        // base64("u:p!")
+        assert_eq!(p.auth.as_deref(), Some("Basic dTpwIQ=="));
+        assert!(!format!("{p:?}").contains("dTpw"));
+        let shown = format!("{:?}", Proxy::Url("http://u:secret@h:1".into()));
+        assert_eq!(shown, r#"Url("h:1")"#);
+        for bad in ["https://h", "socks5://h:1080", "http://h:x", "http://"] {
+            let err = resolve(&Proxy::Url(bad.into()), &target, env(&[])).unwrap_err();
+            assert_eq!(err.field(), "proxy", "{bad}");
+        }
+        let err = resolve(
+            &Proxy::FromEnvironment,
+            &target,
+            env(&[("HTTP_PROXY", "socks5://h")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("HTTP_PROXY"), "{err}");
+        assert_eq!(resolve(&Proxy::Direct, &target, env(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn the_answer_must_be_a_complete_2xx() {
+        let ok = b"HTTP/1.1 200 Connection established\r\n\r\n";
+        for cut in 0..ok.len() {
+            assert_eq!(check_answer(&ok[..cut]), Ok(None));
+        }
+        assert_eq!(check_answer(ok), Ok(Some(ok.len())));
+        assert_eq!(
+            check_answer(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"),
+            Err(ProxyError::Status(407))
+        );
+        assert!(matches!(
+            check_answer(b"SSH-2.0-x\r\n\r\n"),
+            Err(ProxyError::Malformed(_))
+        ));
+        let huge = vec![b'a'; MAX_RESPONSE_HEAD + 1];
+        assert!(matches!(
+            check_answer(&huge),
+            Err(ProxyError::Malformed(_) | ProxyError::TooLarge { .. })
+        ));
+    }
+}

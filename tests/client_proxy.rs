@@ -1,0 +1,141 @@
+//! The reconnecting client through an HTTP proxy (`CONNECT`), and with credentials in the URL,
+//! against a real wshub server and a small real proxy, over real sockets.
+#![cfg(all(feature = "client", feature = "server"))]
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::time::timeout;
+use wshub::client::{
+    ClientConfig, ClientError, Event, Events, Proxy, ProxyError, ReconnectingClient,
+};
+use wshub::{Hub, Json, Message};
+
+use support::proxy::TestProxy;
+use support::{eventually, TestServer, WAIT};
+
+fn fast() -> ClientConfig {
+    ClientConfig::default()
+        .initial_backoff(Duration::from_millis(20))
+        .max_backoff(Duration::from_millis(200))
+        .connect_timeout(Duration::from_secs(5))
+}
+
+fn start(config: ClientConfig, url: &str) -> (ReconnectingClient, Events) {
+    ReconnectingClient::builder()
+        .config(config)
+        .connect(url)
+        .expect("valid client config")
+}
+
+async fn next_event(events: &mut Events) -> Event {
+    timeout(WAIT, events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the event stream is open")
+}
+
+#[tokio::test]
+async fn the_client_reaches_the_server_through_an_http_proxy_tunnel() {
+    let server = TestServer::start(Hub::new()).await;
+    let proxy = TestProxy::start("200 Connection established").await;
+    let proxy_url = proxy.url.replace("http://", "http://alice:s%3Acret@");
+    let (client, mut events) = start(fast().proxy(Proxy::Url(proxy_url)), &server.ws_url());
+    assert_eq!(client.subscribe("news"), Ok(true));
+    assert!(matches!(next_event(&mut events).await, Event::Connected));
+    eventually("subscribed", || {
+        server.hub.channel_subscriber_count("news") == 1
+    })
+    .await;
+    let msg = Message::new("event").with_data(Json::string("via proxy"));
+    server.hub.publish("news", &msg).await.unwrap();
+    match next_event(&mut events).await {
+        Event::Message(m) => assert!(m.text().unwrap().contains(r#""data":"via proxy""#)),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    let addr = server
+        .ws_url()
+        .trim_start_matches("ws://")
+        .replace("/ws", "");
+    assert!(
+        heads[0].starts_with(&format!("CONNECT {addr} HTTP/1.1\r\nHost: {addr}\r\n")),
+        "{}",
+        heads[0]
+    );
+    // base64("alice:s:cret")
+    assert!(
+        heads[0].contains("\r\nProxy-Authorization: Basic YWxpY2U6czpjcmV0\r\n"),
+        "{}",
+        heads[0]
+    );
+    client.close();
+    client.closed().await.expect("closed cleanly");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_that_refuses_the_tunnel_is_a_failed_dial_with_its_status() {
+    let proxy = TestProxy::start("407 Proxy Authentication Required").await;
+    // The server is never reached; any address will do.
+    let (client, mut events) = start(
+        fast().proxy(Proxy::Url(proxy.url.clone())),
+        "ws://203.0.113.7:9/ws",
+    );
+    match next_event(&mut events).await {
+        Event::ConnectFailed { error, .. } => {
+            assert!(
+                matches!(error, ClientError::Proxy(ProxyError::Status(407))),
+                "{error:?}"
+            );
+            assert_eq!(
+                error.to_string(),
+                "proxy tunnel failed: the proxy answered CONNECT with HTTP 407"
+            );
+        }
+        other => panic!("expected a failed dial, got {other:?}"),
+    }
+    assert!(proxy.heads()[0].starts_with("CONNECT 203.0.113.7:9 HTTP/1.1\r\n"));
+    client.close();
+    client.closed().await.expect("closed cleanly");
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_authorization() {
+    let hub = Hub::builder()
+        .authenticate(|req| match req.header("authorization") {
+            // base64("bob:p@ss")
+            Some("Basic Ym9iOnBAc3M=") => Ok("bob".to_owned()),
+            other => Err(format!("bad credentials: {other:?}")),
+        })
+        .build()
+        .unwrap();
+    let server = TestServer::start(hub).await;
+    let url = server.ws_url().replace("ws://", "ws://bob:p%40ss@");
+    let (client, mut events) = start(fast(), &url);
+    assert!(matches!(next_event(&mut events).await, Event::Connected));
+    eventually("the hub sees bob", || {
+        server
+            .hub
+            .clients()
+            .first()
+            .is_some_and(|c| c.identity() == Some("bob"))
+    })
+    .await;
+    client.close();
+    client.closed().await.expect("closed cleanly");
+    // Wrong credentials: the server's 401 is the dial's error.
+    let url = server.ws_url().replace("ws://", "ws://bob:nope@");
+    let (client, mut events) = start(fast(), &url);
+    match next_event(&mut events).await {
+        Event::ConnectFailed { error, .. } => {
+            assert!(error.to_string().contains("401"), "{error}");
+        }
+        other => panic!("expected a failed dial, got {other:?}"),
+    }
+    client.close();
+    client.closed().await.expect("closed cleanly");
+    server.stop().await;
+}
