@@ -202,6 +202,16 @@ pub enum PublishError {
     ChannelName(ChannelNameError),
     /// The hub is shutting down and accepts no new messages.
     ShuttingDown,
+    /// The message's frame is larger than a client's queue may hold
+    /// ([`HubConfig::max_queued_bytes`](crate::HubConfig::max_queued_bytes)): no client could
+    /// ever take it, so nobody gets it (queueing it would count every subscriber as a slow
+    /// consumer).
+    TooLarge {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The queue bound in bytes.
+        limit: usize,
+    },
     /// The broker (Redis) did not accept the message: this node's subscribers got it (as
     /// `local` reports), other nodes did not.
     Broker {
@@ -217,6 +227,10 @@ impl fmt::Display for PublishError {
         match self {
             PublishError::ChannelName(e) => e.fmt(f),
             PublishError::ShuttingDown => f.write_str("hub is shutting down"),
+            PublishError::TooLarge { size, limit } => write!(
+                f,
+                "message too large: its frame is {size} bytes, a client's queue holds at most {limit}"
+            ),
             PublishError::Broker { reason, local } => write!(
                 f,
                 "not sent to other nodes ({reason}); delivered to {} local subscribers",
@@ -230,7 +244,9 @@ impl std::error::Error for PublishError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PublishError::ChannelName(e) => Some(e),
-            PublishError::ShuttingDown | PublishError::Broker { .. } => None,
+            PublishError::ShuttingDown
+            | PublishError::TooLarge { .. }
+            | PublishError::Broker { .. } => None,
         }
     }
 }

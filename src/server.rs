@@ -409,6 +409,9 @@ async fn api_publish(
         Err(e @ PublishError::ShuttingDown) => {
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
+        Err(e @ PublishError::TooLarge { .. }) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
         // Delivered on this node, not to the others: 503 with what this node delivered.
         Err(ref e @ PublishError::Broker { ref local, .. }) => {
             let body = serde_json::json!({ "error": e.to_string(), "local": local });
@@ -526,7 +529,7 @@ async fn metrics(hub: &Hub) -> Response<Body> {
     let c = hub.counters();
     let b = c.broker;
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let rows: [(&str, &str, &str, u64); 19] = [
+    let rows: [(&str, &str, &str, u64); 20] = [
         (
             "clients",
             "gauge",
@@ -604,6 +607,12 @@ async fn metrics(hub: &Hub) -> Response<Body> {
             "counter",
             "Times this node missed broker publications on a history channel and closed its subscribers (1012) to resume.",
             c.history_gaps,
+        ),
+        (
+            "remote_rejected_total",
+            "counter",
+            "Messages from the broker not delivered: not UTF-8, or larger than a client's queue bound.",
+            c.remote_rejected,
         ),
         (
             "broker_published_total",

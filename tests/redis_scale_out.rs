@@ -380,6 +380,44 @@ async fn redis_subscriptions_follow_local_interest() {
 }
 
 #[tokio::test]
+async fn broker_messages_no_node_could_send_are_counted_and_not_delivered() {
+    let redis = RedisServer::start().await;
+    let a = node(&[redis.url()]).await;
+    let mut ws = a.connect().await;
+    subscribe(&mut ws, "news").await;
+    // Another node's id (8 bytes), then a payload that is not UTF-8: clients would get an
+    // invalid text frame and fail the connection with 1007.
+    let mut bad = b"other-nd".to_vec();
+    bad.extend_from_slice(b"{\"data\":\"\xff\xfe\"}");
+    redis
+        .query_bytes(&[b"PUBLISH", b"wshub:c:news", &bad])
+        .await
+        .unwrap();
+    // Larger than a client's queue (1 MiB by default).
+    let mut huge = b"other-nd".to_vec();
+    huge.resize(8 + (1 << 20) + 1, b' ');
+    redis
+        .query_bytes(&[b"PUBLISH", b"wshub:c:news", &huge])
+        .await
+        .unwrap();
+    eventually("both are counted", || a.hub.counters().remote_rejected == 2).await;
+    // The subscriber got neither, stays connected and gets the next real publication.
+    let b = node(&[redis.url()]).await;
+    b.hub.publish("news", &numbered(1)).await.unwrap();
+    assert_eq!(numbers(&mut ws, 1).await, [1]);
+    assert_eq!(a.hub.counters().slow_consumer_disconnects, 0);
+    let (status, metrics) = http(a.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("\nwshub_remote_rejected_total 2\n"),
+        "{metrics}"
+    );
+    close(ws).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn with_two_redis_shards_every_channel_works() {
     let (r1, r2) = (RedisServer::start().await, RedisServer::start().await);
     let urls = [r1.url(), r2.url()];

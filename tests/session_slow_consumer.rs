@@ -346,3 +346,60 @@ async fn the_frame_count_bound_applies_too() {
     assert_eq!(log.wait_for(id).await, DisconnectReason::SlowConsumer);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_larger_than_any_queue_is_refused_and_nobody_is_disconnected() {
+    let config = HubConfig::default()
+        .max_queued_bytes(BOUND)
+        .history(vec![wshub::ChannelPattern::new("feed:*").unwrap()]);
+    let server = TestServer::with_config(config).await;
+    let hub = &server.hub;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut ws = server.connect().await;
+        subscribe(&mut ws, "news").await;
+        send(&mut ws, r#"{"type":"subscribe","channel":"feed:1"}"#).await;
+        assert_eq!(recv_json(&mut ws).await["type"], "subscribed");
+        subscribers.push(ws);
+    }
+    // Go escaping makes `<` six bytes: this data is small, its frame is not.
+    let data = "<".repeat(BOUND / 6 + 1);
+    let big = Message::new("event").with_data(Json::string(&data));
+    for channel in ["news", "feed:1"] {
+        match hub.publish(channel, &big).await {
+            Err(wshub::PublishError::TooLarge { size, limit }) => {
+                assert!(size > BOUND, "{size}");
+                assert_eq!(limit, BOUND);
+            }
+            other => panic!("{channel}: expected TooLarge, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        hub.broadcast(&big).await,
+        Err(wshub::PublishError::TooLarge { .. })
+    ));
+    // Through the HTTP API: 413 with the reason.
+    let body = serde_json::json!({"channel": "news", "data": data}).to_string();
+    let (status, reply) = http(server.addr, "POST", "/api/publish", &[], body.as_bytes()).await;
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply.contains("message too large"), "{reply}");
+    // Nobody was disconnected, and the next message reaches everyone; on the history
+    // channel the refused message took no offset.
+    assert_eq!(hub.counters().slow_consumer_disconnects, 0);
+    assert_eq!(hub.client_count(), 3);
+    let small = Message::new("event").with_data(Json::string("after"));
+    assert_eq!(hub.publish("news", &small).await.unwrap().enqueued, 3);
+    assert_eq!(hub.publish("feed:1", &small).await.unwrap().enqueued, 3);
+    for ws in &mut subscribers {
+        let got = recv_json(ws).await;
+        assert_eq!(
+            (got["channel"].as_str(), got["data"].as_str()),
+            (Some("news"), Some("after"))
+        );
+        let got = recv_json(ws).await;
+        assert_eq!(got["channel"], "feed:1");
+        assert_eq!(got["offset"], 1, "{got}");
+    }
+    drop(subscribers);
+    server.stop().await;
+}

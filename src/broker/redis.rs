@@ -877,6 +877,9 @@ impl Broker for RedisBroker {
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .ok_or("Redis history: malformed entry id")?;
+                // Clients get it as a text frame: what a node stored is always UTF-8.
+                std::str::from_utf8(&pair[1])
+                    .map_err(|_| "Redis history: an entry is not UTF-8")?;
                 let epoch = epoch.as_deref().unwrap_or_default();
                 let mut json = Vec::with_capacity(pair[1].len() + 48 + epoch.len());
                 crate::message::write_history_json(&mut json, &pair[1], offset, epoch);

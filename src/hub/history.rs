@@ -63,21 +63,26 @@ impl LogState {
         }
     }
 
-    /// Records the next publication; `encode` builds its frame from its position.
-    pub(crate) fn append(
+    /// Records the next publication; `encode` builds its frame from its position. When it
+    /// fails, nothing is recorded and the offset stays free.
+    pub(crate) fn append<E>(
         &mut self,
         now: Instant,
-        encode: impl FnOnce(&Position) -> Bytes,
-    ) -> Bytes {
-        self.last += 1;
-        let frame = encode(&self.position());
+        encode: impl FnOnce(&Position) -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
+        let next = Position {
+            epoch: Arc::clone(&self.epoch),
+            offset: self.last + 1,
+        };
+        let frame = encode(&next)?;
+        self.last = next.offset;
         self.entries.push_back(Entry {
             offset: self.last,
             at: now,
             frame: frame.clone(),
         });
         self.touched = now;
-        frame
+        Ok(frame)
     }
 
     /// The frames after `offset` in epoch `epoch`, or `None` when that position cannot be
@@ -484,7 +489,7 @@ mod tests {
         let mut st = log.lock();
         let epoch = st.position().epoch;
         for _ in 0..5 {
-            let f = st.append(now, |p| frame(p.offset));
+            let f = st.append(now, |p| Ok::<_, ()>(frame(p.offset))).unwrap();
             assert!(!f.is_empty());
             store.trim(&mut st, now);
         }
@@ -566,7 +571,7 @@ mod tests {
             let log = store.log("c", t0);
             let mut st = log.lock();
             store.refresh(&mut st, t0);
-            st.append(t0, |p| frame(p.offset));
+            st.append(t0, |p| Ok::<_, ()>(frame(p.offset))).unwrap();
             st.position().epoch
         };
         let t1 = t0 + Duration::from_secs(5);
@@ -574,7 +579,7 @@ mod tests {
             let log = store.log("c", t1);
             let mut st = log.lock();
             store.refresh(&mut st, t1);
-            st.append(t1, |p| frame(p.offset));
+            st.append(t1, |p| Ok::<_, ()>(frame(p.offset))).unwrap();
         }
         // At t0 + 12 s the first entry expired; the log itself is not idle (written at t1).
         let t2 = t0 + Duration::from_secs(12);

@@ -219,6 +219,9 @@ pub struct Counters {
     /// keeps (its broker subscription was lost for a while) and closed that channel's
     /// subscribers with 1012, so that they resume and recover them.
     pub history_gaps: u64,
+    /// Messages from the broker that were not delivered because no wshub node could have sent
+    /// them: not UTF-8, or larger than a client's queue bound.
+    pub remote_rejected: u64,
     /// The broker's counters (all zero without a broker).
     pub broker: BrokerCounters,
 }
@@ -236,6 +239,7 @@ struct AtomicCounters {
     socket_writes: AtomicU64,
     frames_written: AtomicU64,
     history_gaps: AtomicU64,
+    remote_rejected: AtomicU64,
 }
 
 /// A page of a channel's history ([`Hub::history`]).
@@ -609,7 +613,7 @@ impl Hub {
                 .publish_broker_history(broker.as_ref(), channel, message)
                 .await;
         }
-        let frame = message.encode_frame(Some(channel), SystemTime::now());
+        let frame = self.encode(message, Some(channel))?;
         let local = self.publish_frame(Some(channel), &frame);
         broker
             .publish(Some(channel), frame::payload(&frame))
@@ -632,8 +636,9 @@ impl Hub {
         // With a broker, history lives in the broker: a local-only publish is not part of it.
         validate_channel_name(channel, config.max_channel_name_len)?;
         if config.has_history(channel) && !self.has_broker() {
-            return Ok(self.publish_with_history(channel, message));
+            return self.publish_with_history(channel, message);
         }
+        let frame = self.encode(message, Some(channel))?;
         let Some(ch) = self.inner.channels.get(channel) else {
             self.inner
                 .counters
@@ -641,7 +646,6 @@ impl Hub {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(PublishReport::default());
         };
-        let frame = message.encode_frame(Some(channel), SystemTime::now());
         Ok(self.deliver_to(&ch.members.load(), &frame))
     }
 
@@ -658,6 +662,9 @@ impl Hub {
         let config = &self.inner.config;
         let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
         let head = message.json_head(Some(channel), SystemTime::now());
+        // The position the broker adds (`,"offset":N,"epoch":"E"}`) and the frame header stay
+        // well under this margin: epochs are short tokens the broker makes.
+        self.check_size(head.len() + 128)?;
         let (offset, epoch) = broker
             .publish_history(channel, &head, config.history_size, config.history_ttl)
             .await
@@ -684,7 +691,11 @@ impl Hub {
 
     /// A publish on a channel with history: the next offset, the log entry and the delivery
     /// to current subscribers all happen under the channel's log lock (see `history`).
-    fn publish_with_history(&self, channel: &str, message: &Message) -> PublishReport {
+    fn publish_with_history(
+        &self,
+        channel: &str,
+        message: &Message,
+    ) -> Result<PublishReport, PublishError> {
         let now = tokio::time::Instant::now();
         let history = &self.inner.history;
         let ch = self.inner.channels.get(channel);
@@ -696,18 +707,20 @@ impl Hub {
         let mut st = log.lock();
         history.renew_if_idle(&mut st, now);
         let frame = st.append(now, |p| {
-            message.encode_frame_at(Some(channel), SystemTime::now(), Some((p.offset, &p.epoch)))
-        });
+            let at = Some((p.offset, &*p.epoch));
+            let frame = message.encode_frame_at(Some(channel), SystemTime::now(), at);
+            self.check_size(frame.len()).map(|()| frame)
+        })?;
         history.trim(&mut st, now);
         // Members are read under the log lock. A channel is deleted only once empty and
         // nobody joins it after, so members found mean it is still the channel; an empty one
         // may have been replaced by a new channel (whose subscribers joined under this lock,
         // expecting this publication live), so it is looked up again.
         let members = ch.as_ref().map(|ch| ch.members.load());
-        match members {
+        Ok(match members {
             Some(members) if members.len() > 0 => self.deliver_to(&members, &frame),
             _ => self.publish_frame(Some(channel), &frame),
-        }
+        })
     }
 
     /// Subscribes `client` to a channel with history and queues the answer
@@ -846,12 +859,32 @@ impl Hub {
             self.deliver_remote_history(c, own, generation, payload);
             return;
         }
-        if !own {
+        if !own && self.remote_payload_ok(payload) {
             let frame = frame::encode_with(frame::OpCode::Text, payload.len(), |buf| {
                 buf.put_slice(payload)
             });
             self.publish_frame(channel, &frame);
         }
+    }
+
+    /// A message from the broker is sent to clients as a text frame: it must be UTF-8 (what
+    /// another node sent always is) and fit a client's queue. Anything else is not from a
+    /// wshub node; it is counted and not delivered.
+    #[cfg(feature = "redis")]
+    fn remote_payload_ok(&self, payload: &[u8]) -> bool {
+        let ok = std::str::from_utf8(payload).is_ok()
+            && self.check_size(payload.len() + frame::MAX_HEADER).is_ok();
+        if !ok {
+            self.inner
+                .counters
+                .remote_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                len = payload.len(),
+                "dropped a broker message that is not UTF-8 or too large for a client's queue"
+            );
+        }
+        ok
     }
 
     /// This node's state for a channel whose history the broker keeps.
@@ -986,6 +1019,9 @@ impl Hub {
         ) else {
             return;
         };
+        if !self.remote_payload_ok(head) {
+            return;
+        }
         let Ok(name) = ChannelName::with_max_len(channel, usize::MAX) else {
             return;
         };
@@ -1324,7 +1360,7 @@ impl Hub {
     /// Cancel safe, as [`Hub::publish`].
     pub async fn broadcast(&self, message: &Message) -> Result<PublishReport, PublishError> {
         self.accepting()?;
-        let frame = message.encode_frame(None, SystemTime::now());
+        let frame = self.encode(message, None)?;
         let local = self.publish_frame(None, &frame);
         if let Some(broker) = self.inner.broker.get() {
             broker
@@ -1341,7 +1377,7 @@ impl Hub {
     /// As [`Hub::broadcast`].
     pub fn broadcast_local(&self, message: &Message) -> Result<PublishReport, PublishError> {
         self.accepting()?;
-        let frame = message.encode_frame(None, SystemTime::now());
+        let frame = self.encode(message, None)?;
         Ok(self.publish_frame(None, &frame))
     }
 
@@ -1386,6 +1422,26 @@ impl Hub {
     /// As [`Hub::broadcast`].
     pub async fn send_error(&self, text: &str) -> Result<PublishReport, PublishError> {
         self.broadcast(&Message::error(text)).await
+    }
+
+    /// Encodes and frames `message` once, now, for `channel` (or a broadcast).
+    ///
+    /// # Errors
+    /// [`PublishError::TooLarge`], see [`Hub::check_size`].
+    fn encode(&self, message: &Message, channel: Option<&str>) -> Result<Bytes, PublishError> {
+        let frame = message.encode_frame(channel, SystemTime::now());
+        self.check_size(frame.len()).map(|()| frame)
+    }
+
+    /// Refuses a frame of `size` bytes that no client's queue could hold
+    /// (`max_queued_bytes`): queued, it would disconnect (or be dropped for) every recipient
+    /// as a slow consumer.
+    fn check_size(&self, size: usize) -> Result<(), PublishError> {
+        let limit = self.inner.config.max_queued_bytes;
+        if size > limit {
+            return Err(PublishError::TooLarge { size, limit });
+        }
+        Ok(())
     }
 
     fn accepting(&self) -> Result<(), PublishError> {
@@ -1614,6 +1670,7 @@ impl Hub {
             socket_writes: get(&c.socket_writes),
             frames_written: get(&c.frames_written),
             history_gaps: get(&c.history_gaps),
+            remote_rejected: get(&c.remote_rejected),
             broker: self
                 .inner
                 .broker

@@ -91,9 +91,15 @@ impl RedisServer {
 
     /// Runs one command and returns its reply.
     pub async fn query(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.query_bytes(&args).await
+    }
+
+    /// Runs one command with binary arguments and returns its reply.
+    pub async fn query_bytes(&self, args: &[&[u8]]) -> redis::RedisResult<redis::Value> {
         let client = redis::Client::open(self.url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let mut cmd = redis::cmd(args[0]);
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
         for a in &args[1..] {
             cmd.arg(*a);
         }
