@@ -111,10 +111,24 @@ impl fmt::Debug for ChannelPattern {
     }
 }
 
-/// The longest [`HubConfig::history_ttl`]: 10 years (in practice, "keep what fits in
-/// `history_size`"). Longer ones are refused rather than overflowing clocks and Redis
-/// expiry times.
-pub const MAX_HISTORY_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The longest duration any setting accepts: 10 years (for [`HubConfig::history_ttl`], in
+/// practice "keep what fits in `history_size`"). Longer ones are refused rather than
+/// overflowing clocks and Redis expiry times.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The longest [`HubConfig::history_ttl`]: [`MAX_DURATION`].
+pub const MAX_HISTORY_TTL: Duration = MAX_DURATION;
+
+/// Refuses a duration above [`MAX_DURATION`] (a deadline that far would overflow the clock).
+pub(crate) fn check_at_most_max(field: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        return Err(ConfigError::new(
+            field,
+            format!("must be at most 10 years ({value:?})"),
+        ));
+    }
+    Ok(())
+}
 
 /// Configuration of a [`Hub`](crate::Hub).
 ///
@@ -320,7 +334,8 @@ impl HubConfig {
     /// # Errors
     /// A [`ConfigError`] naming the first offending field: zero durations or sizes,
     /// `pong_timeout <= heartbeat_interval`, `write_delay >= write_timeout`, a queue bound smaller than one control frame
-    /// (256 bytes), a channel name limit of 0, or a `history_ttl` above [`MAX_HISTORY_TTL`].
+    /// (256 bytes), a channel name limit of 0, or a duration above [`MAX_DURATION`]
+    /// (10 years).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("heartbeat_interval", self.heartbeat_interval),
@@ -334,11 +349,11 @@ impl HubConfig {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
         }
-        if self.history_ttl > MAX_HISTORY_TTL {
-            return Err(ConfigError::new(
-                "history_ttl",
-                format!("must be at most 10 years ({:?})", self.history_ttl),
-            ));
+        for (field, value) in positive
+            .into_iter()
+            .chain([("write_delay", self.write_delay)])
+        {
+            check_at_most_max(field, value)?;
         }
         if self.pong_timeout <= self.heartbeat_interval {
             return Err(ConfigError::new(
@@ -545,5 +560,15 @@ mod tests {
         assert_eq!(forever.validate().unwrap_err().field(), "history_ttl");
         let longest = HubConfig::default().history_ttl(MAX_HISTORY_TTL);
         assert!(longest.validate().is_ok());
+        // Deadlines that far would overflow the clock: refused, never a panic later.
+        let huge = Duration::from_secs_f64(1.5e19);
+        let far = HubConfig::default().pong_timeout(huge);
+        assert_eq!(far.validate().unwrap_err().field(), "pong_timeout");
+        let far = HubConfig::default()
+            .heartbeat_interval(Duration::from_secs_f64(1e19))
+            .pong_timeout(huge);
+        assert_eq!(far.validate().unwrap_err().field(), "heartbeat_interval");
+        let far = HubConfig::default().write_timeout(Duration::MAX);
+        assert_eq!(far.validate().unwrap_err().field(), "write_timeout");
     }
 }

@@ -87,7 +87,9 @@ pub use broker::{BrokerCounters, ClusterStats, RedisConfig};
 pub use bytes::Bytes;
 #[cfg(feature = "client")]
 pub use client::{ClientBuilder, ClientConfig, ReconnectingClient};
-pub use config::{ChannelPattern, HubConfig, RateLimit, SlowConsumerPolicy, MAX_HISTORY_TTL};
+pub use config::{
+    ChannelPattern, HubConfig, RateLimit, SlowConsumerPolicy, MAX_DURATION, MAX_HISTORY_TTL,
+};
 pub use error::{
     ChannelNameError, ConfigError, Error, PublishError, Result, SendError, SubscribeError,
 };

@@ -33,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,8 +57,15 @@ pub struct ServerConfig {
     /// The default value is 10 s.
     pub shutdown_timeout: Duration,
     /// A connection must deliver a complete HTTP request head within this time, or it is
-    /// closed (slowloris). The default value is 10 s.
+    /// closed (slowloris); an HTTP API request must deliver its body within this time too, or
+    /// it gets 408. The default value is 10 s.
     pub handshake_timeout: Duration,
+    /// Most connections in the HTTP phase at once (WebSocket connections are counted by
+    /// [`HubConfig::max_connections`](crate::HubConfig::max_connections) once upgraded).
+    /// A connection accepted beyond it is closed at once. With
+    /// [`max_body_size`](Self::max_body_size), it bounds the memory HTTP requests can hold.
+    /// The default value is 1024.
+    pub max_http_connections: usize,
     /// Largest HTTP request head in bytes (at least 8192); a bigger one gets 431. The default
     /// value is 16 KiB.
     pub max_header_size: usize,
@@ -71,6 +79,7 @@ impl Default for ServerConfig {
             max_body_size: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            max_http_connections: 1024,
             max_header_size: 16 * 1024,
         }
     }
@@ -102,6 +111,13 @@ impl ServerConfig {
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_http_connections`](Self::max_http_connections) (default 1024).
+    #[must_use]
+    pub fn max_http_connections(mut self, n: usize) -> Self {
+        self.max_http_connections = n;
         self
     }
 
@@ -144,11 +160,22 @@ impl Server {
     /// # Errors
     /// The I/O error from binding [`ServerConfig::listen`].
     pub async fn bind(hub: Hub, config: ServerConfig) -> io::Result<Server> {
-        if config.max_header_size < 8192 || config.handshake_timeout.is_zero() {
+        if config.max_header_size < 8192
+            || config.handshake_timeout.is_zero()
+            || config.max_http_connections == 0
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "max_header_size must be at least 8192 and handshake_timeout greater than zero",
+                "max_header_size must be at least 8192, and handshake_timeout and \
+                 max_http_connections greater than zero",
             ));
+        }
+        for (field, value) in [
+            ("handshake_timeout", config.handshake_timeout),
+            ("shutdown_timeout", config.shutdown_timeout),
+        ] {
+            crate::config::check_at_most_max(field, value)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         }
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Server {
@@ -183,14 +210,33 @@ impl Server {
         } = self;
         let connections = TaskTracker::new();
         let stop = CancellationToken::new();
+        let http_slots = Arc::new(Semaphore::new(config.max_http_connections));
+        let mut last_refusal_log: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _peer)) => {
+                    Ok((tcp, peer)) => {
+                        let Ok(slot) = Arc::clone(&http_slots).try_acquire_owned() else {
+                            // Closed at once: the HTTP phase holds no more sockets (and
+                            // request bodies) than configured.
+                            let now = tokio::time::Instant::now();
+                            if last_refusal_log.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                                last_refusal_log = Some(now);
+                                tracing::warn!(
+                                    %peer,
+                                    limit = config.max_http_connections,
+                                    "too many HTTP connections: closing new ones"
+                                );
+                            }
+                            continue;
+                        };
                         let _ = tcp.set_nodelay(true);
                         let (hub, config, stop) = (hub.clone(), Arc::clone(&config), stop.clone());
-                        connections.spawn(serve_http(TokioIo::new(tcp), hub, config, stop));
+                        connections.spawn(async move {
+                            serve_http(TokioIo::new(tcp), hub, config, stop).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
@@ -375,7 +421,7 @@ async fn api_publish(
     config: &ServerConfig,
     to_channel: bool,
 ) -> Response<Body> {
-    let body = match read_body(req, config.max_body_size).await {
+    let body = match read_body(req, config.max_body_size, config.handshake_timeout).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -424,7 +470,12 @@ async fn api_publish(
     }
 }
 
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+/// Reads the whole body, at most `limit` bytes within `timeout`.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Response<Body>> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -439,7 +490,14 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Respon
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    let Ok(read) = read.await else {
+        return Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within {timeout:?}"),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(error(

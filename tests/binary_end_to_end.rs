@@ -233,7 +233,7 @@ async fn the_example_client_on_one_node_resumes_across_its_restart_without_losin
 #[test]
 fn bad_flags_and_an_unreachable_redis_are_clear_errors_with_an_exit_code() {
     let port = free_addr().to_string();
-    let cases: [(&[&str], i32, &str); 7] = [
+    let cases: [(&[&str], i32, &str); 10] = [
         (&["--bogus"], 2, "unknown argument \"--bogus\""),
         (&["--threads", "0"], 2, "--threads 0: expected at least 1"),
         (
@@ -255,6 +255,21 @@ fn bad_flags_and_an_unreachable_redis_are_clear_errors_with_an_exit_code() {
             &["--heartbeat", "70"],
             2,
             "pong_timeout: must be greater than heartbeat_interval",
+        ),
+        (
+            &["--pong-timeout", "1e19"],
+            2,
+            "pong_timeout: must be at most 10 years",
+        ),
+        (
+            &["--handshake-timeout", "1e19"],
+            2,
+            "handshake_timeout: must be at most 10 years",
+        ),
+        (
+            &["--max-http-connections", "0"],
+            2,
+            "max_http_connections greater than zero",
         ),
         (
             &["--redis", "redis://127.0.0.1:1"],

@@ -401,3 +401,115 @@ async fn go_ws_process_output_through_the_api_is_byte_identical() {
     drop(ws);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_stops_arriving_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = ServerConfig::default().handshake_timeout(std::time::Duration::from_millis(300));
+    let server = TestServer::start_with(Hub::new(), config).await;
+    let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The head promises 100 bytes of body; 10 arrive, then nothing.
+    sock.write_all(
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"channel\"",
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&resp).contains("did not arrive") {
+        let n = tokio::time::timeout(WAIT, sock.read(&mut buf))
+            .await
+            .expect("the server answers in time")
+            .unwrap();
+        assert!(n > 0, "closed without an answer: {resp:?}");
+        resp.extend_from_slice(&buf[..n]);
+    }
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_max_http_connections_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let config = ServerConfig::default().max_http_connections(2);
+    let server = TestServer::start_with(Hub::new(), config).await;
+    // Two connections that send nothing hold both HTTP slots.
+    let first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Wait until the server accepted both, then a third is closed without an answer.
+    let mut third_closed = false;
+    for _ in 0..100 {
+        let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(std::time::Duration::from_millis(100), third.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0) | Err(_)) => {
+                third_closed = true;
+                break;
+            }
+            Ok(Ok(n)) => panic!("unexpected answer: {:?}", &buf[..n]),
+            Err(_) => continue, // not yet: the first two may not have been accepted
+        }
+    }
+    assert!(third_closed, "a connection beyond the limit is closed");
+    // A freed slot serves again (once the server noticed the close).
+    drop(first);
+    eventually_async("the freed slot serves a request", || {
+        healthz_ok(server.addr)
+    })
+    .await;
+    // Upgraded WebSocket connections leave the HTTP phase: with one slot held, two clients
+    // connect one after the other and requests are still served.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut ws = None;
+        for _ in 0..100 {
+            match tokio_tungstenite::connect_async(server.ws_url()).await {
+                Ok((c, _)) => {
+                    ws = Some(c);
+                    break;
+                }
+                // The previous client's slot may not be released yet.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        clients.push(ws.expect("a WebSocket client connects"));
+    }
+    assert_eq!(server.hub.client_count(), 2);
+    eventually_async("requests are served beside them", || {
+        healthz_ok(server.addr)
+    })
+    .await;
+    drop(clients);
+    server.stop().await;
+}
+
+/// `GET /healthz` answered 200 (a connection closed without an answer is `false`).
+async fn healthz_ok(addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut sock) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if sock.write_all(req).await.is_err() {
+        return false;
+    }
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(WAIT, sock.read_to_end(&mut resp)).await;
+    matches!(read, Ok(Ok(_))) && resp.starts_with(b"HTTP/1.1 200")
+}
+
+/// Retries `check` every 20 ms until it holds, for at most [`WAIT`].
+async fn eventually_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -69,7 +69,8 @@ Security:
   --max-connections N         concurrent WebSocket clients [default: 65536]
   --rate-limit N              messages per second per client, 0 = no limit [default: 100]
   --rate-burst N              messages a client may send in a burst [default: 200]
-  --handshake-timeout SECS    time to send a complete HTTP request head [default: 10]
+  --handshake-timeout SECS    time to send a complete HTTP request head (and an API body) [default: 10]
+  --max-http-connections N    connections in the HTTP phase at once; more are closed [default: 1024]
   --max-header-size BYTES     largest HTTP request head, at least 8192 [default: 16384]
   -h, --help                  print this help
   -V, --version               print the version
@@ -136,6 +137,11 @@ fn main() -> ExitCode {
         };
         let server = match Server::bind(hub, server_config).await {
             Ok(s) => s,
+            // A setting out of range, like the hub's.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                eprintln!("wshub: {e}");
+                return ExitCode::from(2);
+            }
             Err(e) => {
                 eprintln!("wshub: cannot listen: {e}");
                 return ExitCode::FAILURE;
@@ -260,6 +266,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
             "--rate-limit" => rate = number(&flag, &value()?)?,
             "--rate-burst" => burst = Some(number(&flag, &value()?)?),
             "--handshake-timeout" => server.handshake_timeout = secs(&flag, &value()?)?,
+            "--max-http-connections" => {
+                server.max_http_connections = number(&flag, &value()?)?;
+            }
             "--max-header-size" => server.max_header_size = number(&flag, &value()?)?,
             "--redis" => redis_urls.push(value()?),
             "--history" => hub

@@ -291,7 +291,8 @@ impl ClientConfig {
     /// Checks every value and every combination.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the first offending field: a zero duration or capacity,
+    /// A [`ConfigError`] naming the first offending field: a zero duration or capacity, a
+    /// duration above [`MAX_DURATION`](crate::MAX_DURATION) (10 years),
     /// `max_backoff < initial_backoff`, a multiplier below 1.0 or not finite, a jitter outside
     /// 0.0..=1.0, `keepalive_timeout <= keepalive_interval`, `max_message_size` under 125
     /// bytes, a header whose name or value is not valid HTTP or that the handshake sets
@@ -319,6 +320,7 @@ impl ClientConfig {
             if value.is_zero() {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
+            crate::config::check_at_most_max(field, value)?;
         }
         if self.max_backoff < self.initial_backoff {
             return Err(ConfigError::new(
