@@ -130,7 +130,18 @@ impl ChannelLog {
     }
 }
 
-type Shard = Mutex<HashMap<ChannelName, Arc<ChannelLog>>>;
+/// A shard is swept (see [`HistoryStore::log`]) once it holds this many logs, and then each
+/// time it has doubled since the last sweep: creating a log costs O(1) amortised.
+const MIN_SWEEP: usize = 64;
+
+#[derive(Default)]
+struct ShardState {
+    logs: HashMap<ChannelName, Arc<ChannelLog>>,
+    /// Sweep when `logs` reaches this many (at least [`MIN_SWEEP`]).
+    sweep_at: usize,
+}
+
+type Shard = Mutex<ShardState>;
 
 /// Every history channel's log.
 pub(crate) struct HistoryStore {
@@ -150,7 +161,7 @@ impl HistoryStore {
         }
     }
 
-    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<ChannelName, Arc<ChannelLog>>> {
+    fn shard(&self, channel: &str) -> MutexGuard<'_, ShardState> {
         let i = (self.hasher.hash_one(channel) % SHARDS as u64) as usize;
         // The map is only ever inserted into or removed from; it cannot be left half-updated.
         self.shards[i]
@@ -160,9 +171,15 @@ impl HistoryStore {
 
     /// The log of `channel` (a valid name), created (with a new epoch, offset 0) if missing.
     /// Lock it and call [`HistoryStore::refresh`] before use.
+    ///
+    /// Creating one sweeps the shard when it has grown enough ([`MIN_SWEEP`]): a log that no
+    /// channel holds (the channel has no subscribers) is forgotten when it is idle past the
+    /// TTL (its history is gone anyway) or has never had a publication (nothing to recover;
+    /// a client that resumes it is told `recovered: false`). So clients that subscribe to
+    /// many names cannot pile up logs, and memory follows publications.
     pub(crate) fn log(&self, channel: &str, now: Instant) -> Arc<ChannelLog> {
         let mut shard = self.shard(channel);
-        if let Some(log) = shard.get(channel) {
+        if let Some(log) = shard.logs.get(channel) {
             return Arc::clone(log);
         }
         let log = Arc::new(ChannelLog {
@@ -173,15 +190,20 @@ impl HistoryStore {
                 touched: now,
             }),
         });
-        // Forget idle logs in this shard while here, so memory follows activity (a log that a
-        // channel holds stays: the channel would go on using it).
-        let ttl = self.ttl;
-        shard.retain(|_, l| {
-            Arc::strong_count(l) > 1 || now.saturating_duration_since(l.lock().touched) <= ttl
-        });
+        if shard.logs.len() >= shard.sweep_at.max(MIN_SWEEP) {
+            // A log that a channel holds stays: the channel would go on using it.
+            let ttl = self.ttl;
+            shard.logs.retain(|_, l| {
+                Arc::strong_count(l) > 1 || {
+                    let st = l.lock();
+                    st.last > 0 && now.saturating_duration_since(st.touched) <= ttl
+                }
+            });
+            shard.sweep_at = 2 * shard.logs.len();
+        }
         let name = ChannelName::with_max_len(channel, usize::MAX)
             .unwrap_or_else(|_| unreachable!("history channels are validated first"));
-        shard.insert(name, Arc::clone(&log));
+        shard.logs.insert(name, Arc::clone(&log));
         log
     }
 
@@ -208,7 +230,7 @@ impl HistoryStore {
 
     /// The log of `channel` if it exists and is not idle past the TTL.
     pub(crate) fn existing(&self, channel: &str, now: Instant) -> Option<Arc<ChannelLog>> {
-        let log = Arc::clone(self.shard(channel).get(channel)?);
+        let log = Arc::clone(self.shard(channel).logs.get(channel)?);
         let mut st = log.lock();
         if now.saturating_duration_since(st.touched) > self.ttl {
             return None;
@@ -594,5 +616,36 @@ mod tests {
         store.refresh(&mut st, t3);
         assert_ne!(st.position().epoch, epoch);
         assert_eq!(st.position().offset, 0);
+    }
+
+    #[test]
+    fn logs_nobody_holds_and_nobody_published_on_do_not_pile_up() {
+        let store = HistoryStore::new(100, Duration::from_secs(60));
+        let now = Instant::now();
+        let count = |store: &HistoryStore| -> usize {
+            store
+                .shards
+                .iter()
+                .map(|s| s.lock().unwrap().logs.len())
+                .sum()
+        };
+        // One log with a publication and one a channel holds survive every sweep.
+        let published = store.log("published", now);
+        published
+            .lock()
+            .append(now, |p| Ok::<_, ()>(frame(p.offset)))
+            .unwrap();
+        drop(published);
+        let held = store.log("held", now);
+        // A client subscribing to ever new names (and leaving them) creates logs that no
+        // channel holds and nobody publishes on: sweeps keep their number bounded.
+        let mut most = 0;
+        for i in 0..50_000 {
+            drop(store.log(&format!("n{i}"), now));
+            most = most.max(count(&store));
+        }
+        assert!(most < 2 * SHARDS * MIN_SWEEP + 2, "{most} logs at most");
+        assert!(store.existing("published", now).is_some());
+        assert!(Arc::ptr_eq(&held, &store.log("held", now)));
     }
 }

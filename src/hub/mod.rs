@@ -32,7 +32,7 @@ use crate::message::{Json, Message};
 use crate::session::outbox::{Enqueue, Outbox};
 use crate::session::{self, DisconnectReason};
 pub use client::Client;
-use client::ClientShared;
+use client::{ClientShared, Subscriptions};
 use history::{HistoryStore, RemoteHistory};
 use members::{MemberSet, Snapshot};
 use registry::Registry;
@@ -736,6 +736,8 @@ impl Hub {
         since: Option<(u64, &str)>,
     ) -> Result<(), SubscribeError> {
         validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        // A refused subscribe creates no log.
+        self.may_join(&client.subscriptions(), channel)?;
         let now = tokio::time::Instant::now();
         let log = self.inner.history.log(channel, now);
         let mut st = log.lock();
@@ -752,6 +754,10 @@ impl Hub {
         // Joining under the log lock: no publication can fall between the recovered ones and
         // the live ones.
         self.subscribe_shared(client, channel)?;
+        if let Some(ch) = self.inner.channels.get(channel) {
+            // The channel holds its log while it has subscribers, so the store keeps it.
+            ch.history.get_or_init(|| Arc::clone(&log));
+        }
         let resume = since.map(|(from, _)| (from, recovered.is_some()));
         let _ = client.outbox.push_data(crate::message::subscribed_frame(
             channel,
@@ -1535,19 +1541,11 @@ impl Hub {
         let config = &self.inner.config;
         let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
         let mut subs = client.subscriptions();
-        if subs.closed {
-            return Err(SubscribeError::ClientClosed);
-        }
-        if subs.channels.contains(channel) {
+        if !self.may_join(&subs, channel)? {
             return Ok(Subscribed {
                 added: false,
                 instance: 0,
                 pending: None,
-            });
-        }
-        if subs.channels.len() >= config.max_subscriptions {
-            return Err(SubscribeError::TooManySubscriptions {
-                limit: config.max_subscriptions,
             });
         }
         let broker = self.inner.broker.get();
@@ -1561,6 +1559,25 @@ impl Hub {
             instance: joined.instance,
             pending: joined.pending.map(|a| -> Pending { Box::pin(a.wait()) }),
         })
+    }
+
+    /// Whether a client with subscriptions `subs` would join `channel` (`false`: it is in it
+    /// already).
+    ///
+    /// # Errors
+    /// The client is closed, or at [`HubConfig::max_subscriptions`].
+    fn may_join(&self, subs: &Subscriptions, channel: &str) -> Result<bool, SubscribeError> {
+        if subs.closed {
+            return Err(SubscribeError::ClientClosed);
+        }
+        if subs.channels.contains(channel) {
+            return Ok(false);
+        }
+        let limit = self.inner.config.max_subscriptions;
+        if subs.channels.len() >= limit {
+            return Err(SubscribeError::TooManySubscriptions { limit });
+        }
+        Ok(true)
     }
 
     /// Removes client `id` from `channel`; the last local subscriber unsubscribes the broker.
