@@ -598,3 +598,35 @@ async fn close_waits_for_the_server_close_frame_but_not_forever() {
     let elapsed = started.elapsed();
     assert!(elapsed >= ms(150) && elapsed < ms(5000), "{elapsed:?}");
 }
+
+#[tokio::test]
+async fn a_server_that_closes_every_connection_at_once_is_redialled_with_backoff() {
+    let server = RawServer::bind().await;
+    let config = fast().initial_backoff(ms(100)).max_backoff(ms(400));
+    let (client, mut events) = start(config, &server.url("/ws"));
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    // Every connection completes its handshake (it goes live: there are no subscriptions to
+    // confirm) and gets a close frame right behind the 101.
+    let close = encode(OpCode::Close, &close_payload(1008, "go away"));
+    let window = Duration::from_secs(1);
+    let begin = Instant::now();
+    let mut accepted = 0;
+    while let Some(left) = window.checked_sub(begin.elapsed()) {
+        match timeout(left, server.accept_ws_with(&close)).await {
+            Ok(peer) => {
+                drop(peer);
+                accepted += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // Backoff 100, 200, 400, 400 ms...: about 4 connections in the second; a client that
+    // redials at once after each drop makes hundreds.
+    assert!(
+        (2..=8).contains(&accepted),
+        "{accepted} connections in {window:?}"
+    );
+    client.close();
+    timeout(WAIT, client.closed()).await.unwrap().unwrap();
+    drain.await.unwrap();
+}

@@ -1069,6 +1069,8 @@ async fn run(
     let mut ever_live = false;
     // Consecutive failed dials since the last live connection.
     let mut failures: u32 = 0;
+    // Consecutive live connections that ended within `initial_backoff` of starting.
+    let mut short_lived: u32 = 0;
     loop {
         if cancel.is_cancelled() {
             return Ok(());
@@ -1090,6 +1092,7 @@ async fn run(
         };
         let error = match dialed {
             Ok(dialed) => {
+                let started = tokio::time::Instant::now();
                 let (reason, live) = match dialed {
                     Dialed::Plain(io, rest) => {
                         connection::run(io, rest, shared, config, events, announce).await
@@ -1107,7 +1110,20 @@ async fn run(
                     if closed {
                         return Ok(());
                     }
-                    // The first redial after a drop is immediate.
+                    // The first redial after a drop is immediate, unless connections keep
+                    // ending as soon as they start (a server that accepts and closes at once):
+                    // then the redials follow the backoff schedule, never a tight loop.
+                    if started.elapsed() >= config.initial_backoff {
+                        short_lived = 0;
+                        continue;
+                    }
+                    short_lived = short_lived.saturating_add(1);
+                    let delay = jittered(backoff.delay(short_lived), config.jitter);
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
                     continue;
                 }
                 if closed {
