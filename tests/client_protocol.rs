@@ -620,7 +620,7 @@ async fn a_server_that_closes_every_connection_at_once_is_redialled_with_backoff
             Err(_) => break,
         }
     }
-    // Backoff 100, 200, 400, 400 ms...: about 4 connections in the second; a client that
+    // Once at once, then after 100, 200 and 400 ms: about 5 connections in the second; a client that
     // redials at once after each drop makes hundreds.
     assert!(
         (2..=8).contains(&accepted),

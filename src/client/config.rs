@@ -45,9 +45,9 @@ const RESERVED_HEADERS: [&str; 7] = [
 pub struct ClientConfig {
     /// Delay after the first failed dial. The default value is 1 s (as go-ws).
     ///
-    /// It is also the shortest life of a connection that is followed by an immediate redial:
-    /// connections that keep ending sooner (a server that accepts and closes at once) are
-    /// redialled on the backoff schedule instead, so the client never spins.
+    /// The same schedule spaces redials after connections that keep ending within a second
+    /// of starting (a server that accepts and closes at once), from the second such
+    /// connection on, so the client never spins; the first redial after a drop is immediate.
     pub initial_backoff: Duration,
     /// Upper bound of the delay between dials. The default value is 30 s (as go-ws).
     pub max_backoff: Duration,

@@ -1057,6 +1057,9 @@ fn start(
 
 /// The reconnect loop: dial, serve the connection, redial at once after a drop, back off
 /// after failed dials.
+/// A connection that lasted at least this long resets the short-lived count (see [`run`]).
+const STEADY_CONNECTION: Duration = Duration::from_secs(1);
+
 async fn run(
     shared: &Shared,
     dialer: &Dialer,
@@ -1110,15 +1113,19 @@ async fn run(
                     if closed {
                         return Ok(());
                     }
-                    // The first redial after a drop is immediate, unless connections keep
-                    // ending as soon as they start (a server that accepts and closes at once):
-                    // then the redials follow the backoff schedule, never a tight loop.
-                    if started.elapsed() >= config.initial_backoff {
+                    // The first redial after a drop is immediate. Connections that keep
+                    // ending as soon as they start (a server that accepts and closes at once)
+                    // are redialled on the backoff schedule from the second on: never a
+                    // tight loop.
+                    if started.elapsed() >= STEADY_CONNECTION {
                         short_lived = 0;
                         continue;
                     }
                     short_lived = short_lived.saturating_add(1);
-                    let delay = jittered(backoff.delay(short_lived), config.jitter);
+                    if short_lived == 1 {
+                        continue;
+                    }
+                    let delay = jittered(backoff.delay(short_lived - 1), config.jitter);
                     tokio::select! {
                         biased;
                         () = cancel.cancelled() => return Ok(()),
