@@ -620,8 +620,8 @@ async fn a_server_that_closes_every_connection_at_once_is_redialled_with_backoff
             Err(_) => break,
         }
     }
-    // Once at once, then after 100, 200 and 400 ms: about 5 connections in the second; a client that
-    // redials at once after each drop makes hundreds.
+    // Two dials at once, then after 100, 200 and 400 ms: about 5 connections in the second;
+    // a client that redials at once after each drop makes hundreds.
     assert!(
         (2..=8).contains(&accepted),
         "{accepted} connections in {window:?}"
