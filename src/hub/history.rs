@@ -72,7 +72,7 @@ impl LogState {
     ) -> Result<Bytes, E> {
         let next = Position {
             epoch: Arc::clone(&self.epoch),
-            offset: self.last + 1,
+            offset: self.last.saturating_add(1),
         };
         let frame = encode(&next)?;
         self.last = next.offset;

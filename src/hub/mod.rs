@@ -1049,7 +1049,7 @@ impl Hub {
             let (gap, newer) = match &st.last {
                 Some(last) if last.instance == ch.instance => {
                     if *last.epoch == *epoch {
-                        (offset > last.offset + 1, offset > last.offset)
+                        (offset > last.offset.saturating_add(1), offset > last.offset)
                     } else {
                         (offset != 1 || generation != last.generation, true)
                     }
@@ -1126,7 +1126,7 @@ impl Hub {
         if last.instance != ch.instance
             || *last.epoch != *epoch
             || !last.live
-            || last.offset + 1 != offset
+            || last.offset.saturating_add(1) != offset
             || st.direct.len() >= history::DIRECT_MAX
         {
             return None;
@@ -1292,7 +1292,9 @@ impl Hub {
             let complete = *offset == stored.offset
                 || (*offset < stored.offset
                     && entries.first().map(|e| e.0) == Some(offset + 1)
-                    && entries.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+                    && entries
+                        .windows(2)
+                        .all(|w| Some(w[1].0) == w[0].0.checked_add(1)));
             (same_epoch && complete).then_some(entries)
         });
         let frames: Vec<Bytes> = recovered
@@ -1327,7 +1329,7 @@ impl Hub {
         let mut epoch_now: Arc<str> = Arc::from(epoch.as_str());
         for (offset, held_epoch, frame) in held {
             let fresh = epoch_now.is_empty() && offset == 1; // the channel's first publication
-            if !fresh && (held_epoch != epoch_now || offset > last + 1) {
+            if !fresh && (held_epoch != epoch_now || offset > last.saturating_add(1)) {
                 self.inner
                     .counters
                     .history_gaps
