@@ -259,6 +259,14 @@ fn message_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("other", r#"{"type":"hello","data":[1,2],"extra":{"k":"v"}}"#.into()),
         ("other-lax-member", r#"{"type":"hello","junk":1e400}"#.into()),
         ("missing-channel", r#"{"type":"subscribe","data":42}"#.into()),
+        (
+            "empty-channel-gives-way",
+            r#"{"type":"subscribe","channel":"","data":"news"}"#.into(),
+        ),
+        (
+            "empty-channel-alone",
+            r#"{"type":"unsubscribe","channel":"","data":7}"#.into(),
+        ),
         ("repeated-type", r#"{"type":"ping","type":"ping"}"#.into()),
         ("array", r#"["subscribe","news"]"#.into()),
         ("not-json", "not json".into()),

@@ -7,7 +7,7 @@
 //!    `data`, as the session does). The reference reads the top-level object with serde_json
 //!    and decides from `serde_json::Value`s: `type` must be a string; `channel` a string, null
 //!    or absent; `subscribe`/`unsubscribe` fall back to `data` when it is a JSON string (go-ws
-//!    form); a `subscribe` with an `offset` (an unsigned integer; `epoch` a string) is a
+//!    form) and `channel` is absent, null or empty; a `subscribe` with an `offset` (an unsigned integer; `epoch` a string) is a
 //!    resume; `publish` needs `channel`; `data` that is `null` counts as absent. Accept/reject,
 //!    the kind of error (not JSON vs missing channel), the request kind, the channel and the
 //!    data must agree; a publish's canonical data must re-parse to the reference value.
@@ -166,13 +166,18 @@ fn expected_request(payload: &[u8]) -> Expected {
         Some(Ok(Value::String(s))) => Some(s),
         _ => None,
     };
+    // A non-empty `channel` wins; an absent, null or empty one gives way to `data`.
+    let subscribe_channel = || match &channel {
+        Some(c) if !c.is_empty() => Some(c.clone()),
+        other => data_string().or_else(|| other.clone()),
+    };
     match kind.as_str() {
-        "subscribe" => match (channel.or_else(data_string), offset) {
+        "subscribe" => match (subscribe_channel(), offset) {
             (Some(c), Some(offset)) => Expected::Resume(c, offset, epoch),
             (Some(c), None) => Expected::Subscribe(c),
             (None, _) => Expected::MissingChannel("subscribe"),
         },
-        "unsubscribe" => match channel.or_else(data_string) {
+        "unsubscribe" => match subscribe_channel() {
             Some(c) => Expected::Unsubscribe(c),
             None => Expected::MissingChannel("unsubscribe"),
         },
