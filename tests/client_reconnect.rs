@@ -106,6 +106,39 @@ async fn connects_and_reports_state() {
 }
 
 #[tokio::test]
+async fn received_messages_read_as_go_ws_envelopes() {
+    let server = TestServer::start(Hub::new()).await;
+    let (client, mut events) = start(fast(), &server.ws_url());
+    assert_eq!(client.subscribe("process:7"), Ok(true));
+    assert!(matches!(next_event(&mut events).await, Event::Connected));
+    server
+        .hub
+        .send_process_output("7", "line <1>")
+        .await
+        .unwrap();
+    let message = match next_event(&mut events).await {
+        Event::Message(m) => m,
+        other => panic!("expected a message, got {other:?}"),
+    };
+    let env = message.envelope().expect("a go-ws message");
+    assert_eq!(env.kind, "process_output");
+    assert_eq!(env.channel.as_deref(), Some("process:7"));
+    assert_eq!(env.process_id.as_deref(), Some("7"));
+    assert_eq!(env.data.map(|d| d.get()), Some(r#""line \u003c1\u003e""#));
+    assert!(env.timestamp.as_deref().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!((env.offset, env.epoch.as_deref()), (None, None));
+    // Or into a type of one's own.
+    #[derive(serde::Deserialize)]
+    struct Line {
+        data: String,
+    }
+    assert_eq!(message.json::<Line>().unwrap().data, "line <1>");
+    client.close();
+    client.closed().await.expect("closed cleanly");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_state_is_connecting_while_a_handshake_is_under_way() {
     // A server that accepts TCP connections and never answers the upgrade request.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();

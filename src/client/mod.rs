@@ -292,6 +292,64 @@ impl ReceivedMessage {
     pub fn is_binary(&self) -> bool {
         self.binary
     }
+
+    /// The message as a wshub/go-ws [`Envelope`] (go-ws's `OnMessage` gets the same fields),
+    /// borrowed from the payload.
+    ///
+    /// # Errors
+    /// The JSON error when the payload is not an object with a string `type` (or a field
+    /// has the wrong type).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(message: wshub::client::ReceivedMessage) -> Result<(), serde_json::Error> {
+    /// let msg = message.envelope()?;
+    /// if msg.kind == "event" {
+    ///     println!("{:?}: {}", msg.channel, msg.data.map_or("", |d| d.get()));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn envelope(&self) -> Result<Envelope<'_>, serde_json::Error> {
+        self.json()
+    }
+
+    /// Deserializes the payload into your own type.
+    ///
+    /// # Errors
+    /// The JSON error.
+    pub fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+/// The fields of a wshub (and go-ws) message, borrowed from a [`ReceivedMessage`]:
+/// `{"type":T,"channel":C,"processId":P,"data":D,"timestamp":TS}`, plus `offset` and `epoch`
+/// on channels with history. Other fields (`recovered` in a `subscribed` reply) are ignored.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Envelope<'a> {
+    /// `type`.
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+    /// `channel`, absent on broadcasts.
+    #[serde(default, borrow)]
+    pub channel: Option<std::borrow::Cow<'a, str>>,
+    /// `processId`.
+    #[serde(rename = "processId", default, borrow)]
+    pub process_id: Option<std::borrow::Cow<'a, str>>,
+    /// `data`, exactly as sent (parse it with `serde_json` into your own type).
+    #[serde(default, borrow)]
+    pub data: Option<&'a serde_json::value::RawValue>,
+    /// `timestamp` (RFC 3339, UTC).
+    #[serde(default, borrow)]
+    pub timestamp: Option<std::borrow::Cow<'a, str>>,
+    /// `offset`, on channels with history.
+    #[serde(default)]
+    pub offset: Option<u64>,
+    /// `epoch`, on channels with history.
+    #[serde(default, borrow)]
+    pub epoch: Option<std::borrow::Cow<'a, str>>,
 }
 
 impl fmt::Debug for ReceivedMessage {
