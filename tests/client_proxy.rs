@@ -1,5 +1,5 @@
-//! The reconnecting client through an HTTP proxy (`CONNECT`), and with credentials in the URL,
-//! against a real wshub server and a small real proxy, over real sockets.
+//! The reconnecting client through an HTTP proxy (`CONNECT`), against a real wshub server and a
+//! small real proxy, over real sockets.
 #![cfg(all(feature = "client", feature = "server"))]
 
 mod support;
@@ -100,42 +100,4 @@ async fn a_proxy_that_refuses_the_tunnel_is_a_failed_dial_with_its_status() {
     assert!(proxy.heads()[0].starts_with("CONNECT 203.0.113.7:9 HTTP/1.1\r\n"));
     client.close();
     client.closed().await.expect("closed cleanly");
-}
-
-#[tokio::test]
-async fn credentials_in_the_url_are_sent_as_basic_authorization() {
-    let hub = Hub::builder()
-        .authenticate(|req| match req.header("authorization") {
-            // base64("bob:p@ss")
-            Some("Basic Ym9iOnBAc3M=") => Ok("bob".to_owned()),
-            other => Err(format!("bad credentials: {other:?}")),
-        })
-        .build()
-        .unwrap();
-    let server = TestServer::start(hub).await;
-    let url = server.ws_url().replace("ws://", "ws://bob:p%40ss@");
-    let (client, mut events) = start(fast(), &url);
-    assert!(matches!(next_event(&mut events).await, Event::Connected));
-    eventually("the hub sees bob", || {
-        server
-            .hub
-            .clients()
-            .first()
-            .is_some_and(|c| c.identity() == Some("bob"))
-    })
-    .await;
-    client.close();
-    client.closed().await.expect("closed cleanly");
-    // Wrong credentials: the server's 401 is the dial's error.
-    let url = server.ws_url().replace("ws://", "ws://bob:nope@");
-    let (client, mut events) = start(fast(), &url);
-    match next_event(&mut events).await {
-        Event::ConnectFailed { error, .. } => {
-            assert!(error.to_string().contains("401"), "{error}");
-        }
-        other => panic!("expected a failed dial, got {other:?}"),
-    }
-    client.close();
-    client.closed().await.expect("closed cleanly");
-    server.stop().await;
 }

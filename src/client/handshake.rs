@@ -1,8 +1,6 @@
 //! The client side of the opening handshake (RFC 6455 section 4.1): URL parsing, the upgrade
 //! request, and the checks on the server's response. Sans-IO except [`perform`].
 
-use std::fmt;
-
 use base64::Engine as _;
 use bytes::BytesMut;
 use sha1::{Digest, Sha1};
@@ -21,7 +19,7 @@ pub(super) const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
 /// Where to connect, parsed from a `ws://` or `wss://` URL.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Target {
     /// `wss://`.
     pub(super) tls: bool,
@@ -29,27 +27,10 @@ pub(super) struct Target {
     pub(super) host: String,
     /// Explicit port, or 80 / 443.
     pub(super) port: u16,
-    /// The `Host` header: the URL's authority without user info.
+    /// The `Host` header: the URL's authority.
     pub(super) authority: String,
     /// Path and query; `/` when the URL has none.
     pub(super) path: String,
-    /// `Basic <base64>` from the URL's user info (`ws://user:password@host/`), sent as
-    /// `Authorization` unless the configured headers have one.
-    pub(super) basic_auth: Option<String>,
-}
-
-impl fmt::Debug for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target")
-            .field("tls", &self.tls)
-            .field("authority", &self.authority)
-            .field("path", &self.path)
-            .field(
-                "basic_auth",
-                &self.basic_auth.as_ref().map(|_| "<redacted>"),
-            )
-            .finish_non_exhaustive()
-    }
 }
 
 impl Target {
@@ -67,6 +48,12 @@ impl Target {
         };
         let authority = uri.authority().ok_or_else(|| bad("no host"))?;
         let parts = Authority::split(authority.as_str()).map_err(bad)?;
+        if parts.user_info.is_some() {
+            // RFC 6455 §3: a WebSocket URI has no user info (gorilla refuses it too).
+            return Err(bad(
+                "user info is not allowed in a WebSocket URL; send credentials in a header",
+            ));
+        }
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         Ok(Target {
             tls,
@@ -74,7 +61,6 @@ impl Target {
             port: parts.port.unwrap_or(if tls { 443 } else { 80 }),
             authority: parts.host_port.to_owned(),
             path: if path.is_empty() { "/" } else { path }.to_owned(),
-            basic_auth: parts.basic_auth().map_err(bad)?,
         })
     }
 
@@ -180,24 +166,13 @@ pub(super) fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// The upgrade request. `headers` have been validated (no CR/LF, not reserved). The URL's
-/// credentials go in `Authorization` unless `headers` set it.
+/// The upgrade request. `headers` have been validated (no CR/LF, not reserved).
 pub(super) fn request(target: &Target, key: &str, headers: &[(String, String)]) -> Vec<u8> {
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
         target.path, target.authority
     );
-    if let Some(auth) = &target.basic_auth {
-        if !headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
-        {
-            req.push_str("Authorization: ");
-            req.push_str(auth);
-            req.push_str("\r\n");
-        }
-    }
     for (name, value) in headers {
         req.push_str(name);
         req.push_str(": ");
@@ -358,7 +333,6 @@ mod tests {
                 port: 8080,
                 authority: "127.0.0.1:8080".into(),
                 path: "/ws".into(),
-                basic_auth: None,
             }
         );
         let t = Target::parse("wss://[::1]/x?token=a").unwrap();
@@ -368,22 +342,11 @@ mod tests {
         assert_eq!(t.path, "/x?token=a");
         let t = Target::parse("WS://example.com").unwrap();
         assert_eq!((t.port, t.path.as_str()), (80, "/"));
-        // User info becomes Basic credentials (percent-decoded), never part of `Host`.
-        let t = Target::parse("ws://al%40ice:p%3Ass@h:81/x").unwrap();
-        assert_eq!(
-            (t.host.as_str(), t.port, t.authority.as_str()),
-            ("h", 81, "h:81")
-        );
-        // base64("al@ice:p:ss")
-        assert_eq!(t.basic_auth.as_deref(), Some("Basic YWxAaWNlOnA6c3M="));
-        assert!(!format!("{t:?}").contains("YWxA"));
-        let t = Target::parse("wss://bob@[::1]/").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("::1", 443));
-        assert_eq!(t.basic_auth.as_deref(), Some("Basic Ym9iOg=="));
         for bad in [
             "http://h/",
             "h:80",
-            "ws://u:%zz@h/",
+            "ws://u:p@h/",
+            "wss://bob@[::1]/",
             "ws://h/#f",
             "ws://h:99999/",
             "ws:///x",
@@ -406,14 +369,6 @@ mod tests {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
              Authorization: Bearer x\r\n\r\n"
         );
-        // URL credentials, unless a configured header already authorizes.
-        let t = Target::parse("ws://u:p@h:1/p").unwrap();
-        let req = String::from_utf8(request(&t, KEY, &[])).unwrap();
-        assert!(req.contains("\r\nHost: h:1\r\n"), "{req}");
-        assert!(req.contains("\r\nAuthorization: Basic dTpw\r\n"), "{req}");
-        let req = request(&t, KEY, &[("authorization".into(), "Bearer x".into())]);
-        let req = String::from_utf8(req).unwrap();
-        assert!(!req.contains("Basic"), "{req}");
     }
 
     #[test]
