@@ -207,7 +207,8 @@ pub enum PublishError {
     /// ever take it, so nobody gets it (queueing it would count every subscriber as a slow
     /// consumer).
     TooLarge {
-        /// The frame's size in bytes.
+        /// The frame's size in bytes (on a channel whose history a broker keeps, the largest
+        /// it can be once the broker adds the position).
         size: usize,
         /// The queue bound in bytes.
         limit: usize,
@@ -274,21 +275,31 @@ pub enum SendError {
     /// [`Client::close`](crate::Client::close) was given a code that may not be sent on the
     /// wire (RFC 6455 §7.4: 1000–1003, 1007–1014 and 3000–4999 may).
     InvalidCloseCode(u16),
+    /// The frame is larger than the client's queue may hold
+    /// ([`HubConfig::max_queued_bytes`](crate::HubConfig::max_queued_bytes)): not sent, and
+    /// the client stays connected.
+    TooLarge {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The queue bound in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let SendError::InvalidCloseCode(code) = self {
-            return write!(f, "close code {code} may not be sent");
-        }
-        f.write_str(match self {
-            SendError::Closed => "client connection is closed",
-            SendError::Dropped => "client queue is full: message dropped",
+        match self {
+            SendError::Closed => f.write_str("client connection is closed"),
+            SendError::Dropped => f.write_str("client queue is full: message dropped"),
             SendError::SlowConsumer => {
-                "client queue is full: client disconnected as a slow consumer"
+                f.write_str("client queue is full: client disconnected as a slow consumer")
             }
-            SendError::InvalidCloseCode(_) => "invalid close code",
-        })
+            SendError::InvalidCloseCode(code) => write!(f, "close code {code} may not be sent"),
+            SendError::TooLarge { size, limit } => write!(
+                f,
+                "message too large: its frame is {size} bytes, the client's queue holds at most {limit}"
+            ),
+        }
     }
 }
 

@@ -811,6 +811,62 @@ async fn resume_recovers(node: &TestServer, channel: &str, epoch: &str, more: &[
 }
 
 #[tokio::test]
+async fn a_history_publication_no_node_could_send_keeps_its_offset_but_is_not_delivered() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let channel = "feed:bad";
+    let (mut ws, epoch) = subscribed_through_3(&a, channel).await;
+    // Offset 4 stored and published as a node would, except that it is not UTF-8.
+    const STORE_AND_PUBLISH: &str = r#"
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local epoch, fields = string.match(top[1], '^(%d+)-'), top[2]
+local r
+for i = 1, #fields, 2 do
+  if fields[i] == 'r' then r = fields[i + 1] end
+end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = redis.call('XADD', KEYS[1], epoch .. '-*', 'd', ARGV[1], 't', ms, 'r', r)
+local offset = string.sub(id, #epoch + 2)
+redis.call('PUBLISH', ARGV[2], 'other-nd' .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
+return offset
+"#;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let offset: String = redis::cmd("EVAL")
+        .arg(STORE_AND_PUBLISH)
+        .arg(1)
+        .arg(format!("wshub:s:{channel}"))
+        .arg(&b"{\"type\":\"event\",\"data\":\"\xff\""[..])
+        .arg(format!("wshub:c:{channel}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(offset, "4");
+    eventually("counted", || a.hub.counters().remote_rejected == 1).await;
+    // The next publication follows without a gap: delivered, nobody closed.
+    a.hub.publish(channel, &numbered(5)).await.unwrap();
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["offset"].as_u64(), v["data"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(a.hub.counters().history_gaps, 0);
+    // A resume over 4 cannot be complete; one after it is.
+    let mut again = a.connect().await;
+    let answer = subscribe_at(&mut again, channel, Some((3, &epoch))).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    let mut after = a.connect().await;
+    let answer = subscribe_at(&mut after, channel, Some((4, &epoch))).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    assert_eq!(recv_json(&mut after).await["offset"].as_u64(), Some(5));
+    for w in [ws, again, after] {
+        close(w).await;
+    }
+    a.stop().await;
+}
+
+#[tokio::test]
 async fn a_node_that_missed_a_publication_closes_its_subscribers_who_resume_and_recover_it() {
     let redis = RedisServer::start().await;
     let a = node(&redis, 100).await;

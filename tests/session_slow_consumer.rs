@@ -378,6 +378,12 @@ async fn a_message_larger_than_any_queue_is_refused_and_nobody_is_disconnected()
         hub.broadcast(&big).await,
         Err(wshub::PublishError::TooLarge { .. })
     ));
+    // To one client: refused the same way, and it stays connected.
+    let one = hub.clients().into_iter().next().unwrap();
+    assert!(matches!(
+        one.send(&big),
+        Err(wshub::SendError::TooLarge { limit: BOUND, .. })
+    ));
     // Through the HTTP API: 413 with the reason.
     let body = serde_json::json!({"channel": "news", "data": data}).to_string();
     let (status, reply) = http(server.addr, "POST", "/api/publish", &[], body.as_bytes()).await;

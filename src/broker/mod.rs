@@ -273,7 +273,7 @@ impl RedisConfig {
                 "must be greater than zero",
             ));
         }
-        Ok(())
+        crate::config::check_at_most_max("redis.timeout", self.timeout)
     }
 }
 
@@ -347,6 +347,21 @@ fn stable_hash(bytes: &[u8]) -> u64 {
 #[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "redis")]
+    fn redis_config_values_are_checked() {
+        let ok = RedisConfig::new(["redis://127.0.0.1:6379"]);
+        assert!(ok.validate().is_ok());
+        for (config, field) in [
+            (RedisConfig::new(Vec::<String>::new()), "redis.urls"),
+            (RedisConfig::new(["http://x"]), "redis.urls"),
+            (ok.clone().timeout(Duration::ZERO), "redis.timeout"),
+            (ok.clone().timeout(Duration::MAX), "redis.timeout"),
+        ] {
+            assert_eq!(config.validate().unwrap_err().field(), field);
+        }
+    }
 
     #[test]
     fn the_ring_is_deterministic_and_spreads_channels() {

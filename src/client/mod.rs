@@ -1113,11 +1113,11 @@ fn start(
     ))
 }
 
-/// The reconnect loop: dial, serve the connection, redial at once after a drop, back off
-/// after failed dials.
 /// A connection that lasted at least this long resets the short-lived count (see [`run`]).
 const STEADY_CONNECTION: Duration = Duration::from_secs(1);
 
+/// The reconnect loop: dial, serve the connection, redial at once after a drop (on the
+/// backoff schedule after repeated short-lived connections), back off after failed dials.
 async fn run(
     shared: &Shared,
     dialer: &Dialer,
@@ -1130,7 +1130,7 @@ async fn run(
     let mut ever_live = false;
     // Consecutive failed dials since the last live connection.
     let mut failures: u32 = 0;
-    // Consecutive live connections that ended within `initial_backoff` of starting.
+    // Consecutive live connections that ended within `STEADY_CONNECTION` of starting.
     let mut short_lived: u32 = 0;
     loop {
         if cancel.is_cancelled() {

@@ -30,9 +30,13 @@ pub enum Proxy {
     /// As Go's `http.ProxyFromEnvironment` (and so go-ws's default dialer): `ws://` URLs use
     /// `HTTP_PROXY` (or `http_proxy`), `wss://` URLs `HTTPS_PROXY` (or `https_proxy`); hosts
     /// listed in `NO_PROXY` (or `no_proxy`: names, which match their subdomains too,
-    /// `.domain` for subdomains only, IP addresses, CIDR blocks, each with an optional
-    /// `:port`, or `*` for all) and `localhost` and loopback addresses always connect
-    /// directly. The variables are read when the client starts. The default value.
+    /// `.domain` or `*.domain` for subdomains only, IP addresses, CIDR blocks, names and
+    /// addresses with an optional `:port`, or `*` for all) and `localhost` and loopback
+    /// addresses always connect directly. The variables are read when the client starts. As
+    /// in Go, a value that does not parse is ignored (with a warning), and an HTTP proxy is
+    /// refused in a CGI program (`REQUEST_METHOD` set); unlike Go, a `socks5://` or
+    /// `https://` proxy is an error (wshub speaks only `CONNECT` to an `http://` proxy). The
+    /// default value.
     #[default]
     FromEnvironment,
     /// Always this proxy: `http://[user:password@]host[:port]` (port 80 by default; a URL
@@ -83,19 +87,38 @@ fn strip_scheme(url: &str) -> (&str, Option<&str>) {
     (&rest[..end], scheme)
 }
 
+/// A proxy URL for messages: without its user info (it may carry a password).
+fn shown(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…@{after}"),
+            None => format!("…@{after}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Refuses a proxy URL whose scheme is not `http` (none means `http`).
+fn check_scheme(url: &str, source: &str) -> Result<(), ConfigError> {
+    match strip_scheme(url.trim()).1 {
+        None => Ok(()),
+        Some(s) if s.eq_ignore_ascii_case("http") => Ok(()),
+        Some(s) => Err(ConfigError::new(
+            "proxy",
+            format!(
+                "{source} {:?}: {s}:// proxies are not supported, only http:// (CONNECT)",
+                shown(url)
+            ),
+        )),
+    }
+}
+
 /// Parses a proxy URL (`source` names where it came from, for errors).
 fn parse_proxy_url(url: &str, source: &str) -> Result<ProxyTarget, ConfigError> {
-    let bad = |reason: &str| ConfigError::new("proxy", format!("{source} {url:?}: {reason}"));
-    let (authority, scheme) = strip_scheme(url.trim());
-    match scheme {
-        None => {}
-        Some(s) if s.eq_ignore_ascii_case("http") => {}
-        Some(s) => {
-            return Err(bad(&format!(
-                "{s}:// proxies are not supported, only http:// (CONNECT)"
-            )))
-        }
-    }
+    check_scheme(url, source)?;
+    let bad =
+        |reason: &str| ConfigError::new("proxy", format!("{source} {:?}: {reason}", shown(url)));
+    let (authority, _) = strip_scheme(url.trim());
     let parts = Authority::split(authority).map_err(bad)?;
     Ok(ProxyTarget {
         host: parts.host.to_owned(),
@@ -130,10 +153,6 @@ pub(super) fn resolve(
             };
             let found = if target.tls {
                 any(&["HTTPS_PROXY", "https_proxy"])
-            } else if env("REQUEST_METHOD").is_some() {
-                // A CGI program: `HTTP_PROXY` may come from a request header ("httpoxy"),
-                // so Go ignores it there.
-                any(&["http_proxy"])
             } else {
                 any(&["HTTP_PROXY", "http_proxy"])
             };
@@ -147,7 +166,26 @@ pub(super) fn resolve(
             if no_proxy.is_some_and(|list| bypasses(&list, &target.host, target.port)) {
                 return Ok(None);
             }
-            parse_proxy_url(&url, &format!("environment variable {name}")).map(Some)
+            if !target.tls && env("REQUEST_METHOD").is_some_and(|m| !m.is_empty()) {
+                // A CGI program: `HTTP_PROXY` may come from a request's `Proxy` header
+                // ("httpoxy"), so Go refuses to use an HTTP proxy there.
+                return Err(ConfigError::new(
+                    "proxy",
+                    format!("refusing to use {name} in a CGI environment (REQUEST_METHOD is set)"),
+                ));
+            }
+            let source = format!("environment variable {name}");
+            // A scheme Go could use but wshub cannot (socks5://, https://) is an error, not a
+            // silent direct connection.
+            check_scheme(&url, &source)?;
+            match parse_proxy_url(&url, &source) {
+                Ok(p) => Ok(Some(p)),
+                // Go ignores a value it cannot parse.
+                Err(e) => {
+                    tracing::warn!("ignoring {e}");
+                    Ok(None)
+                }
+            }
         }
     }
 }
@@ -158,42 +196,60 @@ fn is_local(host: &str) -> bool {
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether the `NO_PROXY` list `list` exempts `host:port`.
+/// Whether the `NO_PROXY` list `list` exempts `host:port`, as Go's `httpproxy` decides: `*`
+/// exempts everything; an IP address or CIDR block (with an optional `:port` for an address)
+/// matches IP hosts; a name matches itself and its subdomains, `.name` and `*.name` only its
+/// subdomains (with an optional `:port`), and names never match IP hosts. Case-insensitive.
 fn bypasses(list: &str, host: &str, port: u16) -> bool {
     let host = host.to_ascii_lowercase();
-    let host = host.trim_end_matches('.');
     let ip = host.parse::<IpAddr>().ok();
-    list.split(',').map(str::trim).any(|entry| {
-        if entry == "*" {
-            return true;
-        }
+    list.split(',').any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
         if entry.is_empty() {
             return false;
         }
-        let entry = entry.to_ascii_lowercase();
+        if entry == "*" {
+            return true;
+        }
         if let Some((net, bits)) = entry.split_once('/') {
             return match (ip, net.parse::<IpAddr>(), bits.parse::<u8>()) {
                 (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip, net, bits),
                 _ => false,
             };
         }
-        // An optional `:port` (IPv6 addresses in brackets when they have one).
-        let (name, entry_port) = match Authority::split(&entry) {
-            Ok(a) => (a.host.to_owned(), a.port),
-            Err(_) => return false,
+        // `host:port` or `[v6]:port`; anything else (a bare IPv6 address too) is a host.
+        let (name, entry_port) = match split_host_port(&entry) {
+            Some((name, p)) => (name, Some(p)),
+            None => (entry.as_str(), None),
         };
-        if entry_port.is_some_and(|p| p != port) {
+        let port_ok = || entry_port.is_none_or(|p| p.parse::<u16>() == Ok(port));
+        if let Ok(entry_ip) = name.parse::<IpAddr>() {
+            return ip == Some(entry_ip) && port_ok();
+        }
+        if ip.is_some() || name.is_empty() {
             return false;
         }
-        if let (Some(ip), Ok(entry_ip)) = (ip, name.parse::<IpAddr>()) {
-            return ip == entry_ip;
-        }
-        let name = name.trim_end_matches('.');
-        match name.strip_prefix('.') {
+        let name = name
+            .strip_prefix('*')
+            .filter(|n| n.starts_with('.'))
+            .unwrap_or(name);
+        let matched = match name.strip_prefix('.') {
             Some(domain) => host.ends_with(&format!(".{domain}")),
             None => host == name || host.ends_with(&format!(".{name}")),
-        }
+        };
+        matched && port_ok()
     })
+}
+
+/// Go's `net.SplitHostPort` for a `NO_PROXY` entry: `host:port` or `[host]:port`; `None` when
+/// the entry has no port or too many colons (a bare IPv6 address).
+fn split_host_port(entry: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return Some((host, after.strip_prefix(':')?));
+    }
+    let (host, port) = entry.split_once(':')?;
+    (!port.contains(':')).then_some((host, port))
 }
 
 /// Whether `ip` is in `net/bits`.
@@ -310,9 +366,15 @@ mod tests {
         // Upper case first, as Go.
         let both = [("HTTP_PROXY", "upper"), ("http_proxy", "lower")];
         assert_eq!(via("ws://e.com", &both).as_deref(), Some("upper"));
-        // In a CGI program only the lower-case name counts.
-        let cgi = [("HTTP_PROXY", "upper"), ("REQUEST_METHOD", "GET")];
-        assert_eq!(via("ws://e.com", &cgi), None);
+        // A value that does not parse is ignored, as Go ignores it.
+        assert_eq!(via("ws://e.com", &[("HTTP_PROXY", "http://h:x")]), None);
+        // In a CGI program an HTTP proxy is refused (httpoxy); HTTPS_PROXY still applies.
+        let target = Target::parse("ws://e.com").unwrap();
+        let cgi = [("http_proxy", "p"), ("REQUEST_METHOD", "GET")];
+        let err = resolve(&Proxy::FromEnvironment, &target, env(&cgi)).unwrap_err();
+        assert!(err.to_string().contains("CGI"), "{err}");
+        let cgi = [("HTTPS_PROXY", "p"), ("REQUEST_METHOD", "GET")];
+        assert_eq!(via("wss://e.com", &cgi).as_deref(), Some("p"));
     }
 
     #[test]
@@ -333,7 +395,14 @@ mod tests {
             ("a.com", "ws://xa.com", false),
             (".a.com", "ws://a.com", false),
             (".a.com", "ws://x.a.com", true),
-            ("A.COM.", "ws://x.a.com", true),
+            ("*.a.com", "ws://x.a.com", true),
+            ("*.a.com", "ws://a.com", false),
+            ("A.COM", "ws://x.a.com", true),
+            ("2001:db8::5", "ws://[2001:db8::5]", true),
+            ("2001:db8::5", "ws://[2001:db8::6]", false),
+            ("2.3", "ws://10.1.2.3", false),
+            ("10.1.2.3:80", "ws://10.1.2.3", true),
+            ("10.1.2.3:81", "ws://10.1.2.3", false),
             ("a.com:81", "ws://a.com:81", true),
             ("a.com:81", "ws://a.com", false),
             ("10.1.2.3", "ws://10.1.2.3", true),
@@ -378,6 +447,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("HTTP_PROXY"), "{err}");
+        // A password never shows in an error.
+        let err =
+            resolve(&Proxy::Url("socks5://u:secret@h".into()), &target, env(&[])).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+        let err =
+            resolve(&Proxy::Url("http://u:secret@h:x".into()), &target, env(&[])).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
         assert_eq!(resolve(&Proxy::Direct, &target, env(&[])).unwrap(), None);
     }
 
@@ -396,10 +472,13 @@ mod tests {
             check_answer(b"SSH-2.0-x\r\n\r\n"),
             Err(ProxyError::Malformed(_))
         ));
-        let huge = vec![b'a'; MAX_RESPONSE_HEAD + 1];
-        assert!(matches!(
+        let mut huge = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
+        huge.resize(MAX_RESPONSE_HEAD + 1, b'a');
+        assert_eq!(
             check_answer(&huge),
-            Err(ProxyError::Malformed(_) | ProxyError::TooLarge { .. })
-        ));
+            Err(ProxyError::TooLarge {
+                limit: MAX_RESPONSE_HEAD
+            })
+        );
     }
 }

@@ -20,6 +20,16 @@ const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
 /// Writes a header for a payload of `len` bytes into `out`; returns how many
 /// bytes of `out` were used (2, 4 or 10, plus 4 when `key` is given).
+/// The length of an unmasked (server) frame with a payload of `payload_len` bytes.
+pub(crate) fn server_frame_len(payload_len: usize) -> usize {
+    let header = match payload_len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    };
+    payload_len.saturating_add(header)
+}
+
 fn write_header(out: &mut [u8; MAX_HEADER], first: u8, len: usize, key: Option<[u8; 4]>) -> usize {
     let mask_bit = if key.is_some() { 0x80 } else { 0 };
     out[0] = first;
@@ -292,5 +302,16 @@ mod tests {
         assert_eq!(frame.len(), 14 + 70_000);
         assert_eq!(&frame[10..14], &[1, 2, 3, 4]);
         assert_eq!(&frame[14..18], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn server_frame_len_is_the_encoded_length() {
+        for n in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            assert_eq!(
+                server_frame_len(n),
+                encode(OpCode::Text, &vec![b'x'; n]).len(),
+                "{n}"
+            );
+        }
     }
 }

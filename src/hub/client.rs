@@ -54,6 +54,14 @@ impl ClientShared {
 
     /// Queues a frame for this client only.
     pub(crate) fn send_frame(&self, frame: Bytes) -> Result<(), SendError> {
+        let limit = self.outbox.max_bytes();
+        if frame.len() > limit {
+            // It could never be queued: refused, rather than a slow-consumer disconnect.
+            return Err(SendError::TooLarge {
+                size: frame.len(),
+                limit,
+            });
+        }
         match self.outbox.push_data(frame) {
             Enqueue::Queued => Ok(()),
             Enqueue::Dropped => Err(SendError::Dropped),
@@ -141,8 +149,9 @@ impl Client {
     /// Sends `message` to this client only (timestamped now).
     ///
     /// # Errors
-    /// [`SendError`] when the client is closed or its queue is full (then the hub's
-    /// slow-consumer policy applies, as for a publish).
+    /// [`SendError`] when the client is closed, its queue is full (then the hub's
+    /// slow-consumer policy applies, as for a publish), or the frame is larger than the
+    /// queue's bound ([`SendError::TooLarge`]; nothing else happens).
     pub fn send(&self, message: &Message) -> Result<(), SendError> {
         self.shared
             .send_frame(message.encode_frame(None, SystemTime::now()))

@@ -662,9 +662,9 @@ impl Hub {
         let config = &self.inner.config;
         let name = ChannelName::with_max_len(channel, config.max_channel_name_len)?;
         let head = message.json_head(Some(channel), SystemTime::now());
-        // The position the broker adds (`,"offset":N,"epoch":"E"}`) and the frame header stay
-        // well under this margin: epochs are short tokens the broker makes.
-        self.check_size(head.len() + 128)?;
+        // The position the broker adds, `,"offset":N,"epoch":"E"}`, is at most 62 bytes: N
+        // and the epoch (a number the broker makes) have at most 20 digits each.
+        self.check_size(frame::server_frame_len(head.len() + 62))?;
         let (offset, epoch) = broker
             .publish_history(channel, &head, config.history_size, config.history_ttl)
             .await
@@ -879,7 +879,9 @@ impl Hub {
     #[cfg(feature = "redis")]
     fn remote_payload_ok(&self, payload: &[u8]) -> bool {
         let ok = std::str::from_utf8(payload).is_ok()
-            && self.check_size(payload.len() + frame::MAX_HEADER).is_ok();
+            && self
+                .check_size(frame::server_frame_len(payload.len()))
+                .is_ok();
         if !ok {
             self.inner
                 .counters
@@ -1025,9 +1027,6 @@ impl Hub {
         ) else {
             return;
         };
-        if !self.remote_payload_ok(head) {
-            return;
-        }
         let Ok(name) = ChannelName::with_max_len(channel, usize::MAX) else {
             return;
         };
@@ -1086,12 +1085,15 @@ impl Hub {
             }
         }
         let report = match &ch {
-            // Framed only now: a copy that is skipped, or shows a gap, is not delivered.
-            Some(ch) => {
+            // Framed only now: a copy that is skipped, or shows a gap, is not delivered. One no
+            // node could have sent is not delivered either, but it keeps its place in the
+            // offsets (the next one is no gap); a client resuming over it is told
+            // `recovered: false`, as the stored entry is left out too.
+            Some(ch) if self.remote_payload_ok(head) => {
                 let frame = crate::message::history_frame(head, offset, epoch);
                 self.deliver_positioned(st, ch, offset, epoch, &frame)
             }
-            None => PublishReport::default(),
+            _ => PublishReport::default(),
         };
         drop(guard);
         if own {
@@ -1292,6 +1294,7 @@ impl Hub {
             let complete = *offset == stored.offset
                 || (*offset < stored.offset
                     && entries.first().map(|e| e.0) == Some(offset + 1)
+                    && entries.last().map(|e| e.0) == Some(stored.offset)
                     && entries
                         .windows(2)
                         .all(|w| Some(w[1].0) == w[0].0.checked_add(1)));

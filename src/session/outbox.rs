@@ -116,6 +116,11 @@ impl Outbox {
         }
     }
 
+    /// The queue's bound in bytes.
+    pub(crate) fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // No code path panics while holding the lock with the state half-updated.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
