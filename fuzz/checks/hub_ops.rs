@@ -89,7 +89,7 @@ pub(crate) enum Op {
     Broadcast {
         pad: u8,
     },
-    /// `Client::send_text` of `1 + len` bytes.
+    /// `Client::send_text` of `1 + len` bytes (refused when its frame exceeds the queue bound).
     SendText {
         client: u8,
         len: u8,
@@ -349,6 +349,15 @@ impl Model {
                 text.extend(std::iter::repeat_n('y', len - text.len()));
                 let frame = text_frame(text.as_bytes());
                 let real = self.clients[i].handle.send_text(&text);
+                if frame.len() > self.max_bytes {
+                    // No queue could hold it: refused, and nothing changes.
+                    let expected = Err(SendError::TooLarge {
+                        size: frame.len(),
+                        limit: self.max_bytes,
+                    });
+                    assert_eq!(real, expected, "send_text of {len} bytes");
+                    return;
+                }
                 let expected = match self.push(i, &frame) {
                     Outcome::Queued => Ok(()),
                     Outcome::Dropped => Err(SendError::Dropped),
