@@ -130,6 +130,7 @@ pub(crate) struct StoredHistory {
     /// Offset of the last publication.
     pub(crate) offset: u64,
     /// Publications after the requested offset still within the window: (offset, JSON).
+    /// Entries no node could have written (not UTF-8) are left out, so there may be a hole.
     pub(crate) entries: Vec<(u64, bytes::Bytes)>,
 }
 
@@ -222,7 +223,8 @@ pub struct RedisConfig {
     pub urls: Vec<String>,
     /// Prefix of every Redis channel name wshub uses. The default value is `"wshub:"`.
     pub prefix: String,
-    /// Time limit for connecting and for each command. The default value is 2 s.
+    /// Time limit for connecting and for each command (at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION)). The default value is 2 s.
     pub timeout: Duration,
 }
 
@@ -261,9 +263,14 @@ impl RedisConfig {
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
             {
+                // The URL may carry a password: only its scheme is shown.
+                let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
                 return Err(ConfigError::new(
                     "redis.urls",
-                    format!("{url:?} is not a redis://, rediss:// or redis+unix:// URL"),
+                    format!(
+                        "a URL with scheme {scheme:?} is not a redis://, rediss:// or \
+                         redis+unix:// URL"
+                    ),
                 ));
             }
         }

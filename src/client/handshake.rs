@@ -33,10 +33,26 @@ pub(super) struct Target {
     pub(super) path: String,
 }
 
+/// A URL for messages and `Debug`: without its user info, which may carry a password.
+pub(super) fn shown(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => match scheme {
+            Some(scheme) => format!("{scheme}://…@{}", &rest[at + 1..]),
+            None => format!("…@{}", &rest[at + 1..]),
+        },
+        None => url.to_owned(),
+    }
+}
+
 impl Target {
     /// Parses a `ws://` or `wss://` URL.
     pub(super) fn parse(url: &str) -> Result<Target, ConfigError> {
-        let bad = |reason: &str| ConfigError::new("url", format!("{url:?}: {reason}"));
+        let bad = |reason: &str| ConfigError::new("url", format!("{:?}: {reason}", shown(url)));
         if url.contains('#') {
             return Err(bad("a WebSocket URL may not have a fragment"));
         }
@@ -342,6 +358,12 @@ mod tests {
         assert_eq!(t.path, "/x?token=a");
         let t = Target::parse("WS://example.com").unwrap();
         assert_eq!((t.port, t.path.as_str()), (80, "/"));
+        // A password in a refused URL stays out of the error.
+        let err = Target::parse("ws://u:secret@h/").unwrap_err().to_string();
+        assert!(
+            err.contains("ws://…@h/") && !err.contains("secret"),
+            "{err}"
+        );
         for bad in [
             "http://h/",
             "h:80",

@@ -34,7 +34,8 @@ pub enum Proxy {
     /// addresses with an optional `:port`, or `*` for all) and `localhost` and loopback
     /// addresses always connect directly. The variables are read when the client starts. As
     /// in Go, a value that does not parse is ignored (with a warning), and an HTTP proxy is
-    /// refused in a CGI program (`REQUEST_METHOD` set); unlike Go, a `socks5://` or
+    /// refused in a CGI program (`REQUEST_METHOD` set; unlike Go, only for hosts that would
+    /// use it, and even when its value does not parse). Unlike Go, a `socks5://` or
     /// `https://` proxy is an error (wshub speaks only `CONNECT` to an `http://` proxy). The
     /// default value.
     #[default]
@@ -50,10 +51,7 @@ impl fmt::Debug for Proxy {
             Proxy::Direct => f.write_str("Direct"),
             Proxy::FromEnvironment => f.write_str("FromEnvironment"),
             // The URL may carry a password.
-            Proxy::Url(url) => match Authority::split(strip_scheme(url).0) {
-                Ok(a) => f.debug_tuple("Url").field(&a.host_port).finish(),
-                Err(_) => f.write_str("Url(<invalid>)"),
-            },
+            Proxy::Url(url) => f.debug_tuple("Url").field(&shown(url)).finish(),
         }
     }
 }
@@ -87,7 +85,9 @@ fn strip_scheme(url: &str) -> (&str, Option<&str>) {
     (&rest[..end], scheme)
 }
 
-/// A proxy URL for messages: without its user info (it may carry a password).
+/// A proxy URL for messages and `Debug`: without its user info, which may carry a password.
+/// Everything up to the last `@` goes: a proxy URL has no path, so an `@` there is part of
+/// the user info (an unencoded `/` in a password included).
 fn shown(url: &str) -> String {
     match url.rsplit_once('@') {
         Some((before, after)) => match before.split_once("://") {
@@ -193,7 +193,9 @@ pub(super) fn resolve(
 /// `localhost` and loopback addresses never go through a proxy (as in Go).
 fn is_local(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Whether the `NO_PROXY` list `list` exempts `host:port`, as Go's `httpproxy` decides: `*`
@@ -213,7 +215,7 @@ fn bypasses(list: &str, host: &str, port: u16) -> bool {
         }
         if let Some((net, bits)) = entry.split_once('/') {
             return match (ip, net.parse::<IpAddr>(), bits.parse::<u8>()) {
-                (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip, net, bits),
+                (Some(ip), Ok(net), Ok(bits)) => in_cidr(ip.to_canonical(), net, bits),
                 _ => false,
             };
         }
@@ -222,9 +224,10 @@ fn bypasses(list: &str, host: &str, port: u16) -> bool {
             Some((name, p)) => (name, Some(p)),
             None => (entry.as_str(), None),
         };
-        let port_ok = || entry_port.is_none_or(|p| p.parse::<u16>() == Ok(port));
+        // Go compares port strings; an empty one (`host:`) means any port.
+        let port_ok = || entry_port.is_none_or(|p| p.is_empty() || p == port.to_string());
         if let Ok(entry_ip) = name.parse::<IpAddr>() {
-            return ip == Some(entry_ip) && port_ok();
+            return ip.map(|ip| ip.to_canonical()) == Some(entry_ip.to_canonical()) && port_ok();
         }
         if ip.is_some() || name.is_empty() {
             return false;
@@ -403,6 +406,10 @@ mod tests {
             ("2.3", "ws://10.1.2.3", false),
             ("10.1.2.3:80", "ws://10.1.2.3", true),
             ("10.1.2.3:81", "ws://10.1.2.3", false),
+            ("10.1.2.3:080", "ws://10.1.2.3", false),
+            ("a.com:", "ws://a.com:81", true),
+            ("10.0.0.0/8", "ws://[::ffff:10.1.2.3]", true),
+            ("10.1.2.3", "ws://[::ffff:10.1.2.3]", true),
             ("a.com:81", "ws://a.com:81", true),
             ("a.com:81", "ws://a.com", false),
             ("10.1.2.3", "ws://10.1.2.3", true),
@@ -434,8 +441,8 @@ mod tests {
         // base64("u:p!")
         assert_eq!(p.auth.as_deref(), Some("Basic dTpwIQ=="));
         assert!(!format!("{p:?}").contains("dTpw"));
-        let shown = format!("{:?}", Proxy::Url("http://u:secret@h:1".into()));
-        assert_eq!(shown, r#"Url("h:1")"#);
+        let debug = format!("{:?}", Proxy::Url("http://u:secret@h:1".into()));
+        assert_eq!(debug, r#"Url("http://…@h:1")"#);
         for bad in ["https://h", "socks5://h:1080", "http://h:x", "http://"] {
             let err = resolve(&Proxy::Url(bad.into()), &target, env(&[])).unwrap_err();
             assert_eq!(err.field(), "proxy", "{bad}");

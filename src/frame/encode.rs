@@ -18,8 +18,6 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Largest close reason: the control payload minus the 2-byte code.
 const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 
-/// Writes a header for a payload of `len` bytes into `out`; returns how many
-/// bytes of `out` were used (2, 4 or 10, plus 4 when `key` is given).
 /// The length of an unmasked (server) frame with a payload of `payload_len` bytes.
 pub(crate) fn server_frame_len(payload_len: usize) -> usize {
     let header = match payload_len {
@@ -30,6 +28,8 @@ pub(crate) fn server_frame_len(payload_len: usize) -> usize {
     payload_len.saturating_add(header)
 }
 
+/// Writes a header for a payload of `len` bytes into `out`; returns how many
+/// bytes of `out` were used (2, 4 or 10, plus 4 when `key` is given).
 fn write_header(out: &mut [u8; MAX_HEADER], first: u8, len: usize, key: Option<[u8; 4]>) -> usize {
     let mask_bit = if key.is_some() { 0x80 } else { 0 };
     out[0] = first;

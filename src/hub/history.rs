@@ -250,8 +250,9 @@ impl HistoryStore {
 /// that reach this node meanwhile are held back until its recovered ones are queued.
 pub(crate) struct Recovering {
     pub(crate) client: u64,
-    /// (offset, epoch, frame).
-    pub(crate) held: Vec<(u64, Arc<str>, Bytes)>,
+    /// (offset, epoch, frame); no frame for a publication that is not delivered (one no
+    /// node could have sent), which still takes its place in the offsets.
+    pub(crate) held: Vec<(u64, Arc<str>, Option<Bytes>)>,
 }
 
 /// Removes a client's [`Recovering`] entry when dropped (a no-op once the recovery took it).

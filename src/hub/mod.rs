@@ -219,8 +219,10 @@ pub struct Counters {
     /// keeps (its broker subscription was lost for a while) and closed that channel's
     /// subscribers with 1012, so that they resume and recover them.
     pub history_gaps: u64,
-    /// Messages from the broker that were not delivered because no wshub node could have sent
-    /// them: not UTF-8, or larger than a client's queue bound.
+    /// Messages from the broker that this node would have delivered but did not, because no
+    /// wshub node could have sent them: not UTF-8, or larger than a client's queue bound. On a
+    /// channel with history such a message keeps its offset (a resume across it is answered
+    /// `recovered: false`).
     pub remote_rejected: u64,
     /// The broker's counters (all zero without a broker).
     pub broker: BrokerCounters,
@@ -773,7 +775,9 @@ impl Hub {
     }
 
     /// The history of `channel`: its position and up to `limit` publications after offset
-    /// `since` (each the exact JSON text clients received).
+    /// `since` (each the exact JSON text clients received). With the Redis broker, a stored
+    /// entry no wshub node could have written (not UTF-8) is left out, so a page may be
+    /// shorter than `limit` although more follow: continue after the last offset received.
     ///
     /// # Errors
     /// [`HistoryError`] for an invalid channel name or a channel without history.
@@ -865,7 +869,7 @@ impl Hub {
             self.deliver_remote_history(c, own, generation, payload);
             return;
         }
-        if !own && self.remote_payload_ok(payload) {
+        if !own && self.remote_payload_ok(payload, frame::server_frame_len(payload.len())) {
             let frame = frame::encode_with(frame::OpCode::Text, payload.len(), |buf| {
                 buf.put_slice(payload)
             });
@@ -873,22 +877,20 @@ impl Hub {
         }
     }
 
-    /// A message from the broker is sent to clients as a text frame: it must be UTF-8 (what
-    /// another node sent always is) and fit a client's queue. Anything else is not from a
-    /// wshub node; it is counted and not delivered.
+    /// A message from the broker is sent to clients as a text frame: its JSON must be UTF-8
+    /// (what another node sent always is) and its frame (of `frame_len` bytes) must fit a
+    /// client's queue. Anything else is not from a wshub node; it is counted and not
+    /// delivered.
     #[cfg(feature = "redis")]
-    fn remote_payload_ok(&self, payload: &[u8]) -> bool {
-        let ok = std::str::from_utf8(payload).is_ok()
-            && self
-                .check_size(frame::server_frame_len(payload.len()))
-                .is_ok();
+    fn remote_payload_ok(&self, json: &[u8], frame_len: usize) -> bool {
+        let ok = std::str::from_utf8(json).is_ok() && self.check_size(frame_len).is_ok();
         if !ok {
             self.inner
                 .counters
                 .remote_rejected
                 .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                len = payload.len(),
+                len = json.len(),
                 "dropped a broker message that is not UTF-8 or too large for a client's queue"
             );
         }
@@ -1089,11 +1091,12 @@ impl Hub {
             // node could have sent is not delivered either, but it keeps its place in the
             // offsets (the next one is no gap); a client resuming over it is told
             // `recovered: false`, as the stored entry is left out too.
-            Some(ch) if self.remote_payload_ok(head) => {
+            Some(ch) => {
                 let frame = crate::message::history_frame(head, offset, epoch);
-                self.deliver_positioned(st, ch, offset, epoch, &frame)
+                let ok = self.remote_payload_ok(head, frame.len());
+                self.deliver_positioned(st, ch, offset, epoch, ok.then_some(&frame))
             }
-            _ => PublishReport::default(),
+            None => PublishReport::default(),
         };
         drop(guard);
         if own {
@@ -1136,7 +1139,7 @@ impl Hub {
         last.offset = offset;
         st.direct.push_back(offset);
         let frame = crate::message::history_frame(head, offset, epoch);
-        Some(self.deliver_positioned(st, ch, offset, epoch, &frame))
+        Some(self.deliver_positioned(st, ch, offset, epoch, Some(&frame)))
     }
 
     /// Delivers a broker-history publication to `ch`'s subscribers, under the channel's
@@ -1149,7 +1152,7 @@ impl Hub {
         ch: &registry::Channel,
         offset: u64,
         epoch: &str,
-        frame: &Bytes,
+        frame: Option<&Bytes>,
     ) -> PublishReport {
         // Clients that read the stored history further than this node's live stream has got:
         // done once a newer publication arrives.
@@ -1161,6 +1164,14 @@ impl Hub {
             offset < upto
         });
         let mut held_epoch: Option<Arc<str>> = None;
+        let Some(frame) = frame else {
+            // Not delivered, but clients still recovering must see its offset go by.
+            for r in &mut st.recovering {
+                let epoch = held_epoch.get_or_insert_with(|| Arc::from(epoch));
+                r.held.push((offset, Arc::clone(epoch), None));
+            }
+            return PublishReport::default();
+        };
         if st.recovering.is_empty() && skip.is_empty() {
             return self.deliver_to(&ch.members.load(), frame);
         }
@@ -1171,7 +1182,8 @@ impl Hub {
             match st.recovering.iter_mut().find(|r| r.client == client.id) {
                 Some(r) => {
                     let epoch = held_epoch.get_or_insert_with(|| Arc::from(epoch));
-                    r.held.push((offset, Arc::clone(epoch), frame.clone()));
+                    r.held
+                        .push((offset, Arc::clone(epoch), Some(frame.clone())));
                     true
                 }
                 None => false,
@@ -1341,7 +1353,9 @@ impl Hub {
                 break;
             }
             if offset > last || fresh {
-                let _ = client.outbox.push_data(frame);
+                if let Some(frame) = frame {
+                    let _ = client.outbox.push_data(frame);
+                }
                 last = offset;
                 epoch_now = held_epoch;
             }
