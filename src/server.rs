@@ -15,6 +15,8 @@
 //! Errors are `{"error":"<reason>"}`: 400 bad body, 401 missing or wrong API key, 404, 405,
 //! 413 body larger than [`ServerConfig::max_body_size`], 503 shutting down. With an API key
 //! configured, `/api/*` and `/metrics` require `Authorization: Bearer <key>`.
+//!
+//! With [`ServerConfig::tls`] every route is served over TLS (`wss://` and `https://`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,8 +34,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,8 +48,11 @@ use crate::http::{Body, Handshake};
 use crate::hub::{HistoryError, Hub, ShutdownReport};
 use crate::message::{Json, Message};
 
+/// rustls, as the server uses it (for [`ServerConfig::tls`]).
+pub use tokio_rustls::rustls;
+
 /// Configuration of the HTTP side of the `wshub` server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Address to listen on. The default value is `127.0.0.1:8080`.
@@ -69,6 +78,58 @@ pub struct ServerConfig {
     /// Largest HTTP request head in bytes (at least 8192); a bigger one gets 431. The default
     /// value is 16 KiB.
     pub max_header_size: usize,
+    /// Serve TLS (`wss://`, `https://`) with this rustls configuration, e.g. from
+    /// [`tls_from_pem_files`]. The TLS handshake must complete within
+    /// [`handshake_timeout`](Self::handshake_timeout) too. The default value is `None`
+    /// (plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("max_body_size", &self.max_body_size)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_http_connections", &self.max_http_connections)
+            .field("max_header_size", &self.max_header_size)
+            .field("tls", &self.tls.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// A rustls server configuration from a PEM certificate chain and a PEM private key (PKCS#8,
+/// PKCS#1 or SEC1), offering HTTP/1.1 by ALPN.
+///
+/// # Errors
+/// An [`io::Error`] naming the file that cannot be read or parsed, or saying why rustls
+/// refuses the pair (e.g. a key that does not match the certificate).
+pub fn tls_from_pem_files(
+    cert_chain: &std::path::Path,
+    key: &std::path::Path,
+) -> io::Result<Arc<rustls::ServerConfig>> {
+    let invalid = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: {e}", what.display()),
+        )
+    };
+    let certs = CertificateDer::pem_file_iter(cert_chain)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(cert_chain, &e))?;
+    if certs.is_empty() {
+        return Err(invalid(cert_chain, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("TLS: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl Default for ServerConfig {
@@ -81,6 +142,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_http_connections: 1024,
             max_header_size: 16 * 1024,
+            tls: None,
         }
     }
 }
@@ -125,6 +187,13 @@ impl ServerConfig {
     #[must_use]
     pub fn max_header_size(mut self, bytes: usize) -> Self {
         self.max_header_size = bytes;
+        self
+    }
+
+    /// Sets [`tls`](Self::tls) (default none: plain TCP).
+    #[must_use]
+    pub fn tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -210,6 +279,7 @@ impl Server {
         } = self;
         let connections = TaskTracker::new();
         let stop = CancellationToken::new();
+        let tls = config.tls.clone().map(TlsAcceptor::from);
         let http_slots = Arc::new(Semaphore::new(config.max_http_connections));
         let mut last_refusal_log: Option<tokio::time::Instant> = None;
         tokio::pin!(shutdown);
@@ -233,8 +303,21 @@ impl Server {
                         };
                         let _ = tcp.set_nodelay(true);
                         let (hub, config, stop) = (hub.clone(), Arc::clone(&config), stop.clone());
+                        let tls = tls.clone();
                         connections.spawn(async move {
-                            serve_http(TokioIo::new(tcp), hub, config, stop).await;
+                            match tls {
+                                None => serve_http(TokioIo::new(tcp), hub, config, stop).await,
+                                Some(acceptor) => {
+                                    let timeout = config.handshake_timeout;
+                                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                                        Ok(Ok(tls)) => {
+                                            serve_http(TokioIo::new(tls), hub, config, stop).await;
+                                        }
+                                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                    }
+                                }
+                            }
                             drop(slot);
                         });
                     }
@@ -255,12 +338,10 @@ impl Server {
     }
 }
 
-async fn serve_http(
-    io: TokioIo<tokio::net::TcpStream>,
-    hub: Hub,
-    config: Arc<ServerConfig>,
-    stop: CancellationToken,
-) {
+async fn serve_http<I>(io: TokioIo<I>, hub: Hub, config: Arc<ServerConfig>, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (handshake_timeout, max_header_size) = (config.handshake_timeout, config.max_header_size);
     let service = service_fn(move |req| {
         let (hub, config) = (hub.clone(), Arc::clone(&config));

@@ -1,78 +1,16 @@
-//! `wss://`: the reconnecting client against a real hub behind a local TLS endpoint (rustls
-//! with a certificate made in the test by rcgen, hyper and `Hub::upgrade` behind it).
+//! `wss://`: the reconnecting client against the wshub server serving TLS (rustls with a
+//! certificate made in the test by rcgen, loaded from PEM files).
 #![cfg(all(feature = "client", feature = "server"))]
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use support::tls::{tls_server, trusting};
+use support::WAIT;
 use tokio::time::timeout;
-use tokio_rustls::TlsAcceptor;
-use wshub::client::rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use wshub::client::{rustls, ClientConfig, ClientError, Event, Events, Proxy, ReconnectingClient};
+use wshub::client::{ClientConfig, ClientError, Event, Events, Proxy, ReconnectingClient};
 use wshub::{Hub, Json, Message};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Serves `hub` over TLS on 127.0.0.1:0 with a fresh self-signed certificate for
-/// `localhost`; returns the address and the certificate.
-async fn tls_server(hub: Hub) -> (SocketAddr, CertificateDer<'static>) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let cert = certified.cert.der().clone();
-    let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key.into())
-        .expect("server certificate");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, hub) = (acceptor.clone(), hub.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = service_fn(move |mut req: Request<Incoming>| {
-                    let hub = hub.clone();
-                    async move { Ok::<_, Infallible>(hub.upgrade(&mut req)) }
-                });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(tls), service);
-                let _ = conn.with_upgrades().await;
-            });
-        }
-    });
-    (addr, cert)
-}
-
-/// A rustls client configuration that trusts only `cert`.
-fn trusting(cert: CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("add root");
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
-}
 
 async fn next_event(events: &mut Events) -> Event {
     timeout(WAIT, events.recv())
@@ -84,7 +22,8 @@ async fn next_event(events: &mut Events) -> Event {
 #[tokio::test]
 async fn wss_works_with_a_trusted_certificate() {
     let hub = Hub::new();
-    let (addr, cert) = tls_server(hub.clone()).await;
+    let (server, cert) = tls_server(hub.clone()).await;
+    let addr = server.addr;
     let config = ClientConfig::default().tls(trusting(cert));
     let url = format!("wss://localhost:{}/ws", addr.port());
     let (client, mut events) = ReconnectingClient::builder()
@@ -123,7 +62,8 @@ async fn wss_works_with_a_trusted_certificate() {
 #[tokio::test]
 async fn wss_goes_through_an_http_proxy_tunnel_end_to_end() {
     let hub = Hub::new();
-    let (addr, cert) = tls_server(hub.clone()).await;
+    let (server, cert) = tls_server(hub.clone()).await;
+    let addr = server.addr;
     let proxy = support::proxy::TestProxy::start("200 Connection established").await;
     let config = ClientConfig::default()
         .tls(trusting(cert))
@@ -156,7 +96,8 @@ async fn wss_goes_through_an_http_proxy_tunnel_end_to_end() {
 
 #[tokio::test]
 async fn untrusted_or_mismatched_certificates_are_tls_errors() {
-    let (addr, cert) = tls_server(Hub::new()).await;
+    let (server, cert) = tls_server(Hub::new()).await;
+    let addr = server.addr;
     let fast = ClientConfig::default()
         .initial_backoff(Duration::from_millis(5))
         .max_retries(1);

@@ -72,6 +72,9 @@ Security:
   --handshake-timeout SECS    time to send a complete HTTP request head (and an API body) [default: 10]
   --max-http-connections N    connections in the HTTP phase at once; more are closed [default: 1024]
   --max-header-size BYTES     largest HTTP request head, at least 8192 [default: 16384]
+  --tls-cert PATH             serve TLS (wss://, https://) with this PEM certificate chain;
+                              needs --tls-key [default: plain TCP]
+  --tls-key PATH              the PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
   -h, --help                  print this help
   -V, --version               print the version
 
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let tls = server_config.tls.is_some();
         let server = match Server::bind(hub, server_config).await {
             Ok(s) => s,
             // A setting out of range, like the hub's.
@@ -147,7 +151,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!("wshub listening on ws://{}/ws", server.local_addr());
+        let scheme = if tls { "wss" } else { "ws" };
+        tracing::info!("wshub listening on {scheme}://{}/ws", server.local_addr());
         match server.run(shutdown_signal()).await {
             Ok(report) => {
                 tracing::info!(
@@ -204,6 +209,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
     let (mut rate, mut burst) = (100u32, None);
     let (mut redis_urls, mut redis_prefix) = (Vec::new(), None);
     let mut threads = None;
+    let (mut tls_cert, mut tls_key) = (None::<String>, None::<String>);
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -232,6 +238,8 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
                     .map_err(|e| format!("--listen {v}: {e}"))?;
             }
             "--api-key" => server.api_key = Some(value()?).filter(|k| !k.is_empty()),
+            "--tls-cert" => tls_cert = Some(value()?),
+            "--tls-key" => tls_key = Some(value()?),
             "--client-publish" => hub
                 .client_publish
                 .push(ChannelPattern::new(&value()?).map_err(|e| e.to_string())?),
@@ -284,6 +292,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
         return Err("--rate-burst needs a rate limit (--rate-limit 0 turns it off)".to_owned());
     }
     hub.rate_limit = (rate > 0).then(|| RateLimit::new(rate, burst.unwrap_or(200)));
+    server.tls = match (tls_cert, tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(
+            wshub::server::tls_from_pem_files(cert.as_ref(), key.as_ref())
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+        ),
+        _ => return Err("--tls-cert and --tls-key go together".to_owned()),
+    };
     let redis = (!redis_urls.is_empty()).then(|| {
         let config = RedisConfig::new(redis_urls);
         match redis_prefix {

@@ -9,6 +9,8 @@
 pub mod history;
 pub mod proxy;
 pub mod redis_server;
+#[cfg(feature = "client")]
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
