@@ -6,7 +6,7 @@
 //! | `GET /ws` | WebSocket endpoint ([`Hub::upgrade`]) |
 //! | `POST /api/publish` | body `{"channel":C,"type"?:T,"data"?:D,"processId"?:P}`; `type` defaults to `event` |
 //! | `POST /api/broadcast` | body `{"type"?:T,"data"?:D}` |
-//! | `GET /api/stats` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}`, plus `"cluster":{"nodes":N,"channels":M,"clients":C}` with Redis |
+//! | `GET /api/stats[?top=N]` | `{"clients":N,"channels":M,"subscribers":{C:n,..},"counters":{..}}` (`subscribers`: the `top` channels with the most subscribers, 1000 by default), plus `"cluster":{"nodes":N,"channels":M,"clients":C}` with Redis |
 //! | `GET /api/history?channel=C&since=N&limit=L` | `{"channel":C,"epoch":E,"offset":N,"publications":[..]}` (channels with history) |
 //! | `GET /healthz` | `{"status":"ok"}`, or 503 while shutting down |
 //! | `GET /metrics` | the stats and counters in the Prometheus text format (`wshub_clients`, `wshub_delivered_total`, ...) |
@@ -389,7 +389,7 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
             match (path.as_str(), method) {
                 ("/api/publish", Method::POST) => api_publish(req, hub, config, true).await,
                 ("/api/broadcast", Method::POST) => api_publish(req, hub, config, false).await,
-                ("/api/stats", Method::GET) => api_stats(hub).await,
+                ("/api/stats", Method::GET) => api_stats(&req, hub).await,
                 ("/api/history", Method::GET) => api_history(&req, hub).await,
                 ("/api/stats" | "/api/history", _) => not_allowed("GET"),
                 _ => not_allowed("POST"),
@@ -633,9 +633,28 @@ async fn api_history(req: &Request<Incoming>, hub: &Hub) -> Response<Body> {
     json(StatusCode::OK, body)
 }
 
-async fn api_stats(hub: &Hub) -> Response<Body> {
-    let subscribers: serde_json::Map<String, serde_json::Value> = hub
-        .channel_subscriber_counts()
+/// Channels listed in `/api/stats` unless `?top=N` says otherwise.
+const STATS_TOP_DEFAULT: usize = 1000;
+
+async fn api_stats(req: &Request<Incoming>, hub: &Hub) -> Response<Body> {
+    let top = match Handshake::new(req).query("top") {
+        None => STATS_TOP_DEFAULT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "top must be a non-negative integer",
+                )
+            }
+        },
+    };
+    // The channels with the most subscribers (by name among equals): a server with very many
+    // channels answers with a bounded body.
+    let mut counts = hub.channel_subscriber_counts();
+    counts.sort_unstable_by(|(a, n), (b, m)| m.cmp(n).then_with(|| a.as_str().cmp(b.as_str())));
+    counts.truncate(top);
+    let subscribers: serde_json::Map<String, serde_json::Value> = counts
         .into_iter()
         .map(|(name, n)| (name.as_str().to_owned(), n.into()))
         .collect();

@@ -119,6 +119,15 @@ async fn stats_and_health() {
         resp.body
     );
 
+    // `?top=N` lists the N channels with the most subscribers; the totals stay.
+    let v = http_full(server.addr, "GET", "/api/stats?top=1", &[], b"")
+        .await
+        .json();
+    assert_eq!(v["subscribers"], serde_json::json!({"news": 2}));
+    assert_eq!(v["channels"], 2);
+    let (status, body) = http(server.addr, "GET", "/api/stats?top=x", &[], b"").await;
+    assert_eq!(status, 400, "{body}");
+
     let (status, body) = http(server.addr, "GET", "/healthz", &[], b"").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
 
