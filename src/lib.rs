@@ -45,7 +45,7 @@
 //!
 //! # Feature flags
 //! - `server` (default): the `wshub` binary's HTTP server ([`server`]): routing, the HTTP
-//!   publish API, signal handling. The library core ([`Hub`], [`Hub::upgrade`]) needs no
+//!   publish API, signal handling, TLS (rustls with ring). The library core ([`Hub`], [`Hub::upgrade`]) needs no
 //!   feature.
 //! - `client` (default): [`ReconnectingClient`] ([`client`]), a WebSocket client for wshub and
 //!   go-ws servers that reconnects with backoff, resubscribes, keeps the connection alive and

@@ -79,9 +79,10 @@ pub struct ServerConfig {
     /// value is 16 KiB.
     pub max_header_size: usize,
     /// Serve TLS (`wss://`, `https://`) with this rustls configuration, e.g. from
-    /// [`tls_from_pem_files`]. The TLS handshake must complete within
-    /// [`handshake_timeout`](Self::handshake_timeout) too. The default value is `None`
-    /// (plain TCP).
+    /// [`tls_from_pem_files`]. Its ALPN list may offer only `http/1.1` (or nothing):
+    /// [`Server::bind`] refuses anything else. The TLS handshake must complete within
+    /// [`handshake_timeout`](Self::handshake_timeout), and then the request head within
+    /// another. The default value is `None` (plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -100,34 +101,60 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
-/// A rustls server configuration from a PEM certificate chain and a PEM private key (PKCS#8,
-/// PKCS#1 or SEC1), offering HTTP/1.1 by ALPN.
+/// A rustls server configuration from a PEM certificate chain and an unencrypted PEM private
+/// key (PKCS#8, PKCS#1 or SEC1; the first key in the file), offering HTTP/1.1 by ALPN.
 ///
 /// # Errors
-/// An [`io::Error`] naming the file that cannot be read or parsed, or saying why rustls
-/// refuses the pair (e.g. a key that does not match the certificate).
+/// An [`io::Error`] naming the file that cannot be read or parsed (an encrypted key included),
+/// or saying that the key does not match the certificate.
 pub fn tls_from_pem_files(
     cert_chain: &std::path::Path,
     key: &std::path::Path,
 ) -> io::Result<Arc<rustls::ServerConfig>> {
+    use tokio_rustls::rustls::pki_types::pem::Error as PemError;
     let invalid = |what: &std::path::Path, e: &dyn std::fmt::Display| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{}: {e}", what.display()),
         )
     };
-    let certs = CertificateDer::pem_file_iter(cert_chain)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    };
+    let cert_pem = read(cert_chain)?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(cert_chain, &e))?;
     if certs.is_empty() {
-        return Err(invalid(cert_chain, &"no certificate in the file"));
+        return Err(invalid(cert_chain, &"no PEM CERTIFICATE section"));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid(key, &e))?;
+    let key_pem = read(key)?;
+    if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(invalid(key, &"encrypted private keys are not supported"));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        PemError::NoItemsFound => invalid(
+            key,
+            &"no PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY section",
+        ),
+        e => invalid(key, &e),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("TLS: {e}")))?;
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the key in {} does not match the certificate in {}",
+                    key.display(),
+                    cert_chain.display()
+                ),
+            ),
+            e => invalid(cert_chain, &e),
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -227,7 +254,9 @@ impl Server {
     /// Binds the listener.
     ///
     /// # Errors
-    /// The I/O error from binding [`ServerConfig::listen`].
+    /// The I/O error from binding [`ServerConfig::listen`], or `InvalidInput` for a setting
+    /// out of range (including a TLS configuration whose ALPN list offers more than
+    /// `http/1.1`).
     pub async fn bind(hub: Hub, config: ServerConfig) -> io::Result<Server> {
         if config.max_header_size < 8192
             || config.handshake_timeout.is_zero()
@@ -238,6 +267,14 @@ impl Server {
                 "max_header_size must be at least 8192, and handshake_timeout and \
                  max_http_connections greater than zero",
             ));
+        }
+        if let Some(tls) = &config.tls {
+            if tls.alpn_protocols.iter().any(|p| p != b"http/1.1") {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "tls: the server speaks HTTP/1.1 only; its ALPN list may hold http/1.1 alone",
+                ));
+            }
         }
         for (field, value) in [
             ("handshake_timeout", config.handshake_timeout),
@@ -309,12 +346,17 @@ impl Server {
                                 None => serve_http(TokioIo::new(tcp), hub, config, stop).await,
                                 Some(acceptor) => {
                                     let timeout = config.handshake_timeout;
-                                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                                        Ok(Ok(tls)) => {
-                                            serve_http(TokioIo::new(tls), hub, config, stop).await;
-                                        }
-                                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                    let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp));
+                                    tokio::select! {
+                                        done = handshake => match done {
+                                            Ok(Ok(tls)) => {
+                                                serve_http(TokioIo::new(tls), hub, config, stop).await;
+                                            }
+                                            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                        },
+                                        // Shutting down: a handshake still under way is dropped.
+                                        () = stop.cancelled() => {}
                                     }
                                 }
                             }

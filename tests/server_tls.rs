@@ -20,11 +20,14 @@ use wshub::{Hub, Json, Message};
 
 /// One HTTP/1.1 request over TLS to `localhost`; returns the whole response.
 async fn https(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut stream = TlsConnector::from(tls)
-        .connect(name, tcp)
+    let tcp = timeout(WAIT, tokio::net::TcpStream::connect(addr))
         .await
+        .expect("connect in time")
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = timeout(WAIT, TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .expect("TLS handshake in time")
         .expect("TLS");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
@@ -101,20 +104,98 @@ async fn a_plain_client_on_the_tls_port_is_refused_without_a_hang() {
     server.stop().await;
 }
 
+/// A child process killed when dropped (a failed assertion leaves no server behind).
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_tls_handshake_under_way_does_not_delay_shutdown() {
+    let (server, _) = tls_server(Hub::new()).await;
+    // The first bytes of a ClientHello, then nothing.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let begin = tokio::time::Instant::now();
+    server.stop().await;
+    // The handshake timeout is 10 s; shutting down does not wait for it.
+    assert!(
+        begin.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        begin.elapsed()
+    );
+    drop(tcp);
+}
+
+#[tokio::test]
+async fn bad_key_files_and_alpn_lists_are_clear_errors() {
+    use wshub::server::{tls_from_pem_files, Server, ServerConfig};
+    let good = localhost_cert();
+    let other = localhost_cert();
+    let dir = good.key_file.parent().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let empty = write("empty.pem", "");
+    let encrypted = write(
+        "encrypted.pem",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let cases = [
+        (
+            &good.cert_file,
+            &other.key_file,
+            "does not match the certificate",
+        ),
+        (&good.cert_file, &empty, "no PEM PRIVATE KEY"),
+        (&good.cert_file, &good.cert_file, "no PEM PRIVATE KEY"),
+        (
+            &good.cert_file,
+            &encrypted,
+            "encrypted private keys are not supported",
+        ),
+        (&empty, &good.key_file, "no PEM CERTIFICATE section"),
+    ];
+    for (cert, key, message) in cases {
+        let err = tls_from_pem_files(cert, key).unwrap_err().to_string();
+        assert!(err.contains(message), "{cert:?} {key:?}: {err}");
+    }
+    // A configuration offering h2 would negotiate it and then fail every request.
+    let tls = tls_from_pem_files(&good.cert_file, &good.key_file).unwrap();
+    let mut h2 = (*tls).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let config = ServerConfig::default()
+        .listen(free_addr())
+        .tls(Some(Arc::new(h2)));
+    let err = Server::bind(Hub::new(), config).await.unwrap_err();
+    assert!(err.to_string().contains("http/1.1 alone"), "{err}");
+}
+
 #[tokio::test]
 async fn the_binary_serves_tls_with_tls_cert_and_tls_key() {
     let cert = localhost_cert();
     let addr = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["--listen", &addr.to_string()])
-        .arg("--tls-cert")
-        .arg(&cert.cert_file)
-        .arg("--tls-key")
-        .arg(&cert.key_file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start wshub");
+    let _child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(["--listen", &addr.to_string()])
+            .arg("--tls-cert")
+            .arg(&cert.cert_file)
+            .arg("--tls-key")
+            .arg(&cert.key_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wshub"),
+    );
     let tls = trusting(cert.cert.clone());
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -136,9 +217,7 @@ async fn the_binary_serves_tls_with_tls_cert_and_tls_key() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wss_roundtrip(addr.port(), cert.cert.clone(), None).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    // A key without its certificate, and files that are not PEM, are clear errors.
+    // A key without its certificate, and files that cannot be read, are clear errors.
     for (args, message) in [
         (
             vec!["--tls-key", "k.pem"],

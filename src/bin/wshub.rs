@@ -74,7 +74,8 @@ Security:
   --max-header-size BYTES     largest HTTP request head, at least 8192 [default: 16384]
   --tls-cert PATH             serve TLS (wss://, https://) with this PEM certificate chain;
                               needs --tls-key [default: plain TCP]
-  --tls-key PATH              the PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1)
+  --tls-key PATH              the unencrypted PEM private key of --tls-cert (PKCS#8, PKCS#1
+                              or SEC1)
   -h, --help                  print this help
   -V, --version               print the version
 

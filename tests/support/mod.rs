@@ -9,7 +9,7 @@
 pub mod history;
 pub mod proxy;
 pub mod redis_server;
-#[cfg(feature = "client")]
+#[cfg(all(feature = "client", feature = "server"))]
 pub mod tls;
 
 use std::net::SocketAddr;

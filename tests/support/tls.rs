@@ -22,7 +22,8 @@ pub struct TestCert {
 pub fn localhost_cert() -> TestCert {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let dir = std::env::temp_dir().join(format!(
+    // Under the target directory (cargo's scratch space for integration tests), not /tmp.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "wshub-tls-{}-{}",
         std::process::id(),
         rand_suffix()
