@@ -16,7 +16,7 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub(super) const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// Most response headers parsed.
-const MAX_HEADERS: usize = 64;
+pub(super) const MAX_HEADERS: usize = 64;
 
 /// Where to connect, parsed from a `ws://` or `wss://` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +206,41 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Why a response head at the front of a buffer cannot be read ([`parse_head`]).
+pub(super) enum HeadError {
+    /// Longer than [`MAX_RESPONSE_HEAD`].
+    TooLarge,
+    /// Not valid HTTP/1.1 (the parser's reason).
+    Malformed(String),
+}
+
+/// Parses the response head at the front of `buf` into `response`: its length once complete,
+/// `None` while more bytes are needed; never more than [`MAX_RESPONSE_HEAD`] bytes. Shared by
+/// the upgrade response and a proxy's answer to `CONNECT`.
+pub(super) fn parse_head<'h, 'b>(
+    response: &mut httparse::Response<'h, 'b>,
+    buf: &'b [u8],
+) -> Result<Option<usize>, HeadError> {
+    match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+impl From<HeadError> for HandshakeError {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::TooLarge => HandshakeError::TooLarge {
+                limit: MAX_RESPONSE_HEAD,
+            },
+            HeadError::Malformed(reason) => HandshakeError::Malformed(reason),
+        }
+    }
+}
+
 /// Checks the response head at the front of `buf`. Returns the head's length once it is
 /// complete, `None` while more bytes are needed.
 ///
@@ -217,21 +252,9 @@ pub(super) fn check_response(
 ) -> Result<Option<usize>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
-            return Err(HandshakeError::TooLarge {
-                limit: MAX_RESPONSE_HEAD,
-            })
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+    let Some(len) = parse_head(&mut response, buf)? else {
+        return Ok(None);
     };
-    if len > MAX_RESPONSE_HEAD {
-        return Err(HandshakeError::TooLarge {
-            limit: MAX_RESPONSE_HEAD,
-        });
-    }
     if response.version != Some(1) {
         return Err(HandshakeError::Malformed("not an HTTP/1.1 response".into()));
     }

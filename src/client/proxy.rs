@@ -8,11 +8,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::{ClientError, ProxyError};
-use super::handshake::{Authority, Target, MAX_RESPONSE_HEAD};
+use super::handshake::{parse_head, Authority, HeadError, Target, MAX_HEADERS, MAX_RESPONSE_HEAD};
 use crate::error::ConfigError;
-
-/// Most response headers parsed in the proxy's answer.
-const MAX_HEADERS: usize = 64;
 
 /// Whether and how the client goes through an HTTP proxy.
 ///
@@ -315,21 +312,15 @@ where
 fn check_answer(buf: &[u8]) -> Result<Option<usize>, ProxyError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
-            return Err(ProxyError::TooLarge {
-                limit: MAX_RESPONSE_HEAD,
-            })
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(ProxyError::Malformed(e.to_string())),
-    };
-    if len > MAX_RESPONSE_HEAD {
-        return Err(ProxyError::TooLarge {
+    let Some(len) = parse_head(&mut response, buf).map_err(|e| match e {
+        HeadError::TooLarge => ProxyError::TooLarge {
             limit: MAX_RESPONSE_HEAD,
-        });
-    }
+        },
+        HeadError::Malformed(reason) => ProxyError::Malformed(reason),
+    })?
+    else {
+        return Ok(None);
+    };
     match response.code {
         Some(200..=299) => Ok(Some(len)),
         Some(code) => Err(ProxyError::Status(code)),
