@@ -727,7 +727,21 @@ async fn store_without_delivery_on(
     channel: &str,
     data: u64,
 ) {
-    // The next entry of the epoch on top, written as by the same Redis process.
+    let head = format!(
+        r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
+    );
+    store_on(conn, channel, head.as_bytes(), false).await;
+}
+
+/// Stores `head` as the next entry of the epoch on top of `channel`'s stream, written as by
+/// the same Redis process, and with `publish` also publishes it as another node would.
+/// Returns its offset.
+async fn store_on(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    head: &[u8],
+    publish: bool,
+) -> String {
     const STORE: &str = r#"
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 local epoch, fields = string.match(top[1], '^(%d+)-'), top[2]
@@ -737,19 +751,27 @@ for i = 1, #fields, 2 do
 end
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('XADD', KEYS[1], epoch .. '-*', 'd', ARGV[1], 't', ms, 'r', r)
+local id = redis.call('XADD', KEYS[1], epoch .. '-*', 'd', ARGV[1], 't', ms, 'r', r)
+local offset = string.sub(id, #epoch + 2)
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], 'other-nd' .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
+end
+return offset
 "#;
-    let head = format!(
-        r#"{{"type":"event","channel":"{channel}","data":{data},"timestamp":"2026-11-27T00:00:00Z""#
-    );
-    let _: redis::Value = redis::cmd("EVAL")
+    let pubsub = if publish {
+        format!("wshub:c:{channel}")
+    } else {
+        String::new()
+    };
+    redis::cmd("EVAL")
         .arg(STORE)
         .arg(1)
         .arg(format!("wshub:s:{channel}"))
         .arg(head)
+        .arg(pubsub)
         .query_async(conn)
         .await
-        .expect("store a publication");
+        .expect("store a publication")
 }
 
 /// Redis drops every pub/sub connection; returns once `node` has reconnected its subscriber.
@@ -817,32 +839,10 @@ async fn a_history_publication_no_node_could_send_keeps_its_offset_but_is_not_de
     let channel = "feed:bad";
     let (mut ws, epoch) = subscribed_through_3(&a, channel).await;
     // Offset 4 stored and published as a node would, except that it is not UTF-8.
-    const STORE_AND_PUBLISH: &str = r#"
-local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local epoch, fields = string.match(top[1], '^(%d+)-'), top[2]
-local r
-for i = 1, #fields, 2 do
-  if fields[i] == 'r' then r = fields[i + 1] end
-end
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = redis.call('XADD', KEYS[1], epoch .. '-*', 'd', ARGV[1], 't', ms, 'r', r)
-local offset = string.sub(id, #epoch + 2)
-redis.call('PUBLISH', ARGV[2], 'other-nd' .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
-return offset
-"#;
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let offset: String = redis::cmd("EVAL")
-        .arg(STORE_AND_PUBLISH)
-        .arg(1)
-        .arg(format!("wshub:s:{channel}"))
-        .arg(&b"{\"type\":\"event\",\"data\":\"\xff\""[..])
-        .arg(format!("wshub:c:{channel}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(offset, "4");
+    let bad = b"{\"type\":\"event\",\"data\":\"\xff\"";
+    assert_eq!(store_on(&mut conn, channel, bad, true).await, "4");
     eventually("counted", || a.hub.counters().remote_rejected == 1).await;
     // The next publication follows without a gap: delivered, nobody closed.
     a.hub.publish(channel, &numbered(5)).await.unwrap();
