@@ -6,34 +6,18 @@ mod support;
 
 use std::time::Duration;
 
-use tokio::time::timeout;
-use wshub::client::{
-    ClientConfig, ClientError, Event, Events, Proxy, ProxyError, ReconnectingClient,
-};
+use wshub::client::{ClientConfig, ClientError, Event, Proxy, ProxyError};
 use wshub::{Hub, Json, Message};
 
+use support::client::{next_event, start};
 use support::proxy::TestProxy;
-use support::{eventually, TestServer, WAIT};
+use support::{eventually, TestServer};
 
 fn fast() -> ClientConfig {
     ClientConfig::default()
         .initial_backoff(Duration::from_millis(20))
         .max_backoff(Duration::from_millis(200))
         .connect_timeout(Duration::from_secs(5))
-}
-
-fn start(config: ClientConfig, url: &str) -> (ReconnectingClient, Events) {
-    ReconnectingClient::builder()
-        .config(config)
-        .connect(url)
-        .expect("valid client config")
-}
-
-async fn next_event(events: &mut Events) -> Event {
-    timeout(WAIT, events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the event stream is open")
 }
 
 #[tokio::test]

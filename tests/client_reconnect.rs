@@ -15,6 +15,7 @@ use wshub::client::{
 };
 use wshub::{DisconnectReason, Hub, Json, Message};
 
+use support::client::{next_event, start};
 use support::{eventually, FixedServer, TestServer, WAIT};
 
 fn ms(n: u64) -> Duration {
@@ -27,20 +28,6 @@ fn fast() -> ClientConfig {
         .initial_backoff(ms(20))
         .max_backoff(ms(200))
         .connect_timeout(Duration::from_secs(2))
-}
-
-fn start(config: ClientConfig, url: &str) -> (ReconnectingClient, Events) {
-    ReconnectingClient::builder()
-        .config(config)
-        .connect(url)
-        .expect("valid client config")
-}
-
-async fn next_event(events: &mut Events) -> Event {
-    timeout(WAIT, events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the event stream is open")
 }
 
 /// The next event, which must be a message; returns its text.

@@ -14,6 +14,7 @@ use tokio::time::timeout;
 use wshub::client::{ClientConfig, ClientError, Event, Events, ReconnectingClient};
 use wshub::{ChannelPattern, Hub, HubConfig, Json, Message};
 
+use support::client::next_event;
 use support::{FixedServer, TestServer, WAIT};
 
 /// Channels matching `feed:*` keep the last `size` publications.
@@ -34,10 +35,7 @@ fn fast() -> ClientConfig {
 }
 
 fn start(url: &str) -> (ReconnectingClient, Events) {
-    ReconnectingClient::builder()
-        .config(fast())
-        .connect(url)
-        .expect("valid client config")
+    support::client::start(fast(), url)
 }
 
 /// A publication whose data is `i`; on a fresh channel its offset is `i` too.
@@ -71,13 +69,6 @@ fn kill_newest(hub: &Hub) {
         .max_by_key(|c| c.id())
         .expect("a connected client")
         .kill_connection();
-}
-
-async fn next_event(events: &mut Events) -> Event {
-    timeout(WAIT, events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the event stream is open")
 }
 
 /// Skips failed dials until the next event of another kind.

@@ -6,18 +6,12 @@ mod support;
 
 use std::time::Duration;
 
+use support::client::{next_event, start};
 use support::tls::{tls_server, trusting};
 use support::WAIT;
 use tokio::time::timeout;
-use wshub::client::{ClientConfig, ClientError, Event, Events, Proxy, ReconnectingClient};
+use wshub::client::{ClientConfig, ClientError, Event, Proxy};
 use wshub::{Hub, Json, Message};
-
-async fn next_event(events: &mut Events) -> Event {
-    timeout(WAIT, events.recv())
-        .await
-        .expect("an event in time")
-        .expect("the event stream is open")
-}
 
 #[tokio::test]
 async fn wss_works_with_a_trusted_certificate() {
@@ -26,10 +20,7 @@ async fn wss_works_with_a_trusted_certificate() {
     let addr = server.addr;
     let config = ClientConfig::default().tls(trusting(cert));
     let url = format!("wss://localhost:{}/ws", addr.port());
-    let (client, mut events) = ReconnectingClient::builder()
-        .config(config)
-        .connect(&url)
-        .unwrap();
+    let (client, mut events) = start(config, &url);
     client.subscribe("secure").unwrap();
     assert!(matches!(next_event(&mut events).await, Event::Connected));
     assert_eq!(hub.channel_subscriber_count("secure"), 1);
@@ -69,10 +60,7 @@ async fn wss_goes_through_an_http_proxy_tunnel_end_to_end() {
         .tls(trusting(cert))
         .proxy(Proxy::Url(proxy.url.clone()));
     let url = format!("wss://localhost:{}/ws", addr.port());
-    let (client, mut events) = ReconnectingClient::builder()
-        .config(config)
-        .connect(&url)
-        .unwrap();
+    let (client, mut events) = start(config, &url);
     client.subscribe("secure").unwrap();
     assert!(matches!(next_event(&mut events).await, Event::Connected));
     let msg = Message::new("event").with_data(Json::string("tunnelled"));
@@ -111,10 +99,7 @@ async fn untrusted_or_mismatched_certificates_are_tls_errors() {
         ),
     ];
     for (config, url) in cases {
-        let (client, _events) = ReconnectingClient::builder()
-            .config(config)
-            .connect(&url)
-            .unwrap();
+        let (client, _events) = start(config, &url);
         let err = timeout(WAIT, client.closed())
             .await
             .expect("gives up in time")

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use wshub::client::rustls::pki_types::{CertificateDer, ServerName};
-use wshub::client::{rustls, ClientConfig, Event, ReconnectingClient};
+use wshub::client::{rustls, ClientConfig, Event};
 use wshub::{Hub, Json, Message};
 
 /// One HTTP/1.1 request over TLS to `localhost`; returns the whole response.
@@ -40,10 +40,8 @@ async fn https(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: &str) 
 
 async fn wss_roundtrip(port: u16, cert: CertificateDer<'static>, hub: Option<&Hub>) {
     let config = ClientConfig::default().tls(trusting(cert));
-    let (client, mut events) = ReconnectingClient::builder()
-        .config(config)
-        .connect(&format!("wss://localhost:{port}/ws"))
-        .unwrap();
+    let (client, mut events) =
+        support::client::start(config, &format!("wss://localhost:{port}/ws"));
     client.subscribe("secure").unwrap();
     let event = timeout(WAIT, events.recv()).await.unwrap().unwrap();
     assert!(matches!(event, Event::Connected), "{event:?}");

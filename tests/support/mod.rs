@@ -6,6 +6,8 @@
 //! polling step of [`eventually`]).
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod history;
 pub mod proxy;
 pub mod redis_server;
