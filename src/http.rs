@@ -24,6 +24,9 @@ pub type Body = Full<Bytes>;
 pub struct Handshake<'a> {
     uri: &'a Uri,
     headers: &'a HeaderMap,
+    /// The `Origin` was checked against a non-empty
+    /// [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins).
+    origin_listed: bool,
 }
 
 impl<'a> Handshake<'a> {
@@ -32,6 +35,7 @@ impl<'a> Handshake<'a> {
         Handshake {
             uri: request.uri(),
             headers: request.headers(),
+            origin_listed: false,
         }
     }
 
@@ -53,6 +57,34 @@ impl<'a> Handshake<'a> {
     /// The `Origin` header.
     pub fn origin(&self) -> Option<&'a str> {
         self.header("origin")
+    }
+
+    /// Whether the request comes from a page of this server's own origin, or not from a
+    /// browser page at all: no `Origin` header, or one whose `host[:port]` is the `Host`
+    /// header's (ASCII case-insensitive).
+    ///
+    /// # Examples
+    /// ```
+    /// let req = http::Request::get("/ws").header("host", "chat.example.com")
+    ///     .header("origin", "https://chat.example.com").body(()).unwrap();
+    /// assert!(wshub::Handshake::new(&req).is_same_origin());
+    /// let req = http::Request::get("/ws").header("host", "chat.example.com")
+    ///     .header("origin", "https://evil.example").body(()).unwrap();
+    /// assert!(!wshub::Handshake::new(&req).is_same_origin());
+    /// ```
+    pub fn is_same_origin(&self) -> bool {
+        let Some(origin) = self.headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority);
+        match (authority, self.header("host")) {
+            (Some(a), Some(host)) => !a.is_empty() && a.eq_ignore_ascii_case(host),
+            _ => false,
+        }
     }
 
     /// A query string parameter, percent-decoded (`+` is a space).
@@ -93,12 +125,22 @@ impl<'a> Handshake<'a> {
 
     /// A client token from, in order: the bearer header, the `token` or `access_token` query
     /// parameter, or the `wshub_token` cookie (browsers cannot set headers on a WebSocket).
+    ///
+    /// The browser attaches a cookie whichever page opens the connection, so a foreign page
+    /// could borrow it (cross-site WebSocket hijacking). The cookie therefore counts only when
+    /// the request [is same-origin](Self::is_same_origin), or when [`Hub::upgrade`] checked
+    /// its `Origin` against a non-empty
+    /// [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins).
     pub fn token(&self) -> Option<Cow<'a, str>> {
         self.bearer_token()
             .map(Cow::Borrowed)
             .or_else(|| self.query("token"))
             .or_else(|| self.query("access_token"))
-            .or_else(|| self.cookie("wshub_token").map(Cow::Borrowed))
+            .or_else(|| {
+                (self.origin_listed || self.is_same_origin())
+                    .then(|| self.cookie("wshub_token").map(Cow::Borrowed))
+                    .flatten()
+            })
     }
 }
 
@@ -186,7 +228,10 @@ impl Hub {
                 "expected a WebSocket upgrade request",
             );
         }
-        let handshake = Handshake::new(request);
+        if let Some(resp) = check_handshake_fields(request.headers()) {
+            return resp;
+        }
+        let mut handshake = Handshake::new(request);
         if let Some(origin) = request.headers().get(header::ORIGIN) {
             // A value that is not visible ASCII matches no pattern (browsers send ASCII).
             if !self
@@ -195,6 +240,7 @@ impl Hub {
             {
                 return error_response(StatusCode::FORBIDDEN, "origin not allowed");
             }
+            handshake.origin_listed = !self.config().allowed_origins.is_empty();
         }
         let identity = match self.authenticate(&handshake) {
             Ok(identity) => identity.map(Arc::<str>::from),
@@ -275,6 +321,41 @@ impl Future for Connection {
             }
         }
     }
+}
+
+/// RFC 6455 §4.2.1–§4.2.2: the version must be 13, or the answer is 426 naming the version
+/// this server speaks; the key must be base64 of 16 bytes (24 characters ending in `==`).
+fn check_handshake_fields(headers: &http::HeaderMap) -> Option<Response<Body>> {
+    let version = headers.get(header::SEC_WEBSOCKET_VERSION);
+    if version.map(HeaderValue::as_bytes) != Some(b"13") {
+        let reason = match version {
+            None => "missing Sec-WebSocket-Version header (this server speaks version 13)",
+            Some(_) => "unsupported WebSocket version (this server speaks version 13)",
+        };
+        let mut resp = error_response(StatusCode::UPGRADE_REQUIRED, reason);
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Some(resp);
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let key_ok = match (keys.next(), keys.next()) {
+        (Some(key), None) => is_nonce(key.as_bytes()),
+        _ => false,
+    };
+    (!key_ok).then(|| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be one base64-encoded 16-byte value",
+        )
+    })
+}
+
+/// Whether `key` is the base64 encoding of 16 bytes.
+fn is_nonce(key: &[u8]) -> bool {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/');
+    key.len() == 24 && key.ends_with(b"==") && key[..22].iter().all(base64)
 }
 
 /// A JSON `{"error":"<reason>"}` response.

@@ -420,12 +420,12 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
                 json(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
             }
         }
-        ("/metrics", Method::GET) => match authorize(&req, config) {
+        ("/metrics", Method::GET) => match authorize(&req, hub, config) {
             Some(refused) => refused,
             None => metrics(hub).await,
         },
         ("/api/publish" | "/api/broadcast" | "/api/stats" | "/api/history", method) => {
-            if let Some(resp) = authorize(&req, config) {
+            if let Some(resp) = authorize(&req, hub, config) {
                 return resp;
             }
             match (path.as_str(), method) {
@@ -442,10 +442,33 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
     }
 }
 
-/// `None` when authorised, else the 401 response.
-fn authorize(req: &Request<Incoming>, config: &ServerConfig) -> Option<Response<Body>> {
+/// `None` when authorised, else the 403 or 401 response.
+///
+/// A browser page of another origin must not drive the API: a plain form or `fetch` POST
+/// needs no CORS preflight, so without this check any web page could publish through a
+/// server on the visitor's machine or network. Browsers send `Origin` with such requests;
+/// it must be this server's own origin or one of
+/// [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins) (when that list is set).
+/// Clients that send no `Origin` (curl, backends) are not affected.
+fn authorize(req: &Request<Incoming>, hub: &Hub, config: &ServerConfig) -> Option<Response<Body>> {
+    let handshake = Handshake::new(req);
+    if let Some(origin) = handshake.origin() {
+        let listed =
+            !hub.config().allowed_origins.is_empty() && hub.config().origin_allowed(origin);
+        if !listed && !handshake.is_same_origin() {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "cross-origin API request refused",
+            ));
+        }
+    } else if req.headers().contains_key(header::ORIGIN) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "cross-origin API request refused",
+        ));
+    }
     let key = config.api_key.as_ref()?;
-    let given = Handshake::new(req).bearer_token().unwrap_or("");
+    let given = handshake.bearer_token().unwrap_or("");
     if constant_time_eq(given.as_bytes(), key.as_bytes()) {
         return None;
     }
@@ -681,12 +704,13 @@ const STATS_TOP_DEFAULT: usize = 1000;
 async fn api_stats(req: &Request<Incoming>, hub: &Hub) -> Response<Body> {
     let top = match Handshake::new(req).query("top") {
         None => STATS_TOP_DEFAULT,
+        Some(v) if v == "all" => usize::MAX,
         Some(v) => match v.parse::<usize>() {
             Ok(n) => n,
             Err(_) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    "top must be a non-negative integer",
+                    "top must be a non-negative integer or \"all\"",
                 )
             }
         },

@@ -98,6 +98,56 @@ async fn authentication_refuses_with_401_and_accepts_header_query_and_cookie_tok
 }
 
 #[tokio::test]
+async fn a_cookie_token_counts_only_for_same_origin_or_listed_origins() {
+    let auth = TokenAuth::new([("alice", "a-token")]);
+    let build = |origins: Vec<String>| {
+        let auth = auth.clone();
+        Hub::builder()
+            .config(HubConfig::default().allowed_origins(origins))
+            .authenticate(move |req| auth.check(req))
+            .build()
+            .unwrap()
+    };
+    // Any origin may connect, but a foreign page cannot borrow the browser's cookie.
+    let server = TestServer::start(build(Vec::new())).await;
+    let cookie = ("Cookie", "wshub_token=a-token");
+    let foreign = upgrade_request("/ws", &[cookie, ("Origin", "https://evil.example")]);
+    let resp = http_raw(server.addr, &foreign).await;
+    assert_eq!(
+        (resp.status, resp.json()["error"].as_str()),
+        (401, Some("missing token"))
+    );
+    // The same token in the query string is the page's own choice: accepted.
+    let evil = ("origin", "https://evil.example");
+    let mut ws = connect_with(&server, "/ws?token=a-token", &[evil]).await;
+    sync(&mut ws).await;
+    close(ws).await;
+    // A page served by this host (the client sends `Host: <addr>`; case does not matter),
+    // and a non-browser client without an Origin, may use the cookie.
+    let own = format!("HTTP://{}", server.addr);
+    let cookie = ("cookie", cookie.1);
+    for headers in [&[cookie, ("origin", own.as_str())][..], &[cookie]] {
+        let mut ws = connect_with(&server, "/ws", headers).await;
+        sync(&mut ws).await;
+        close(ws).await;
+    }
+    assert_eq!(server.hub.counters().connections, 3);
+    server.stop().await;
+
+    // With an allow-list, a listed origin's cookie counts.
+    let server = TestServer::start(build(vec!["https://app.example.com".into()])).await;
+    let mut ws = connect_with(
+        &server,
+        "/ws",
+        &[cookie, ("origin", "https://app.example.com")],
+    )
+    .await;
+    sync(&mut ws).await;
+    close(ws).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_foreign_origin_is_refused_cross_site_websocket_hijacking() {
     let config = HubConfig::default().allowed_origins(vec!["https://app.example.com".into()]);
     let server = TestServer::with_config(config).await;

@@ -4,7 +4,7 @@ mod support;
 
 use support::*;
 use wshub::server::ServerConfig;
-use wshub::Hub;
+use wshub::{Hub, HubConfig};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 
@@ -125,6 +125,13 @@ async fn stats_and_health() {
         .json();
     assert_eq!(v["subscribers"], serde_json::json!({"news": 2}));
     assert_eq!(v["channels"], 2);
+    let v = http_full(server.addr, "GET", "/api/stats?top=all", &[], b"")
+        .await
+        .json();
+    assert_eq!(
+        v["subscribers"],
+        serde_json::json!({"news": 2, "process:p1": 1})
+    );
     let (status, body) = http(server.addr, "GET", "/api/stats?top=x", &[], b"").await;
     assert_eq!(status, 400, "{body}");
 
@@ -242,6 +249,56 @@ async fn api_key_guards_the_api_only() {
     let (status, _) = http(server.addr, "GET", "/healthz", &[], b"").await;
     assert_eq!(status, 200);
     drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_web_page_cannot_drive_the_api() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut ws = server.connect().await;
+    subscribe(&mut ws, "news").await;
+    // What a plain cross-site form or `fetch` sends: no CORS preflight, no API key set.
+    let body = br#"{"channel":"news","data":"forged"}"#;
+    let forged = [
+        ("Origin", "https://evil.example"),
+        ("Content-Type", "text/plain"),
+    ];
+    for (method, path) in [
+        ("POST", "/api/publish"),
+        ("POST", "/api/broadcast"),
+        ("GET", "/api/stats"),
+        ("GET", "/api/history"),
+        ("GET", "/metrics"),
+    ] {
+        let resp = http_full(server.addr, method, path, &forged, body).await;
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (403, r#"{"error":"cross-origin API request refused"}"#),
+            "{method} {path}"
+        );
+    }
+    let null = [("Origin", "null")];
+    let resp = http_full(server.addr, "POST", "/api/publish", &null, body).await;
+    assert_eq!(resp.status, 403, "an opaque origin is foreign too");
+    assert_eq!(server.hub.counters().published, 0, "nothing was published");
+    // A page of this server's own origin, and clients without an Origin, may.
+    let own = format!("http://{}", server.addr);
+    for headers in [&[("Origin", own.as_str()), JSON][..], &[JSON][..]] {
+        let resp = http_full(server.addr, "POST", "/api/publish", headers, body).await;
+        assert_eq!(resp.status, 200, "{headers:?}: {}", resp.body);
+        assert!(recv(&mut ws).await.contains("forged"));
+    }
+    drop(ws);
+    server.stop().await;
+
+    // An origin on the allow-list may too.
+    let config = HubConfig::default().allowed_origins(vec!["https://admin.example.com".into()]);
+    let server = TestServer::with_config(config).await;
+    let listed = [("Origin", "https://admin.example.com")];
+    let resp = http_full(server.addr, "GET", "/api/stats", &listed, b"").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let resp = http_full(server.addr, "GET", "/api/stats", &forged, b"").await;
+    assert_eq!(resp.status, 403);
     server.stop().await;
 }
 
@@ -365,22 +422,34 @@ async fn non_upgrade_requests_to_ws_are_400() {
     let resp = http_full(server.addr, "GET", "/ws", &[], b"").await;
     assert_eq!(resp.status, 400);
     assert!(resp.body.contains("WebSocket upgrade"), "{}", resp.body);
-    // An upgrade with the wrong version or no key is refused too.
-    for headers in [
-        &[
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("Sec-WebSocket-Version", "8"),
-        ][..],
-        &[
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Version", "13"),
-        ][..],
+    // RFC 6455 §4.2.2 and §4.4: another version gets 426 and the version this server speaks.
+    let upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")];
+    let key = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+    for version in [Some("8"), Some("13, 8"), None] {
+        let mut headers = vec![upgrade[0], upgrade[1], key];
+        headers.extend(version.map(|v| ("Sec-WebSocket-Version", v)));
+        let resp = http_full(server.addr, "GET", "/ws", &headers, b"").await;
+        assert_eq!(resp.status, 426, "{version:?}: {}", resp.body);
+        assert_eq!(
+            resp.header("sec-websocket-version"),
+            Some("13"),
+            "{version:?}"
+        );
+        assert!(resp.body.contains("version 13"), "{}", resp.body);
+    }
+    // The key must be base64 of 16 bytes, and only one.
+    for keys in [
+        &[][..],
+        &["dGhlIHNhbXBsZSBub25jZQ"],
+        &["c2hvcnQ="],
+        &["dGhlIHNhbXBsZSBub25jZQ!="],
+        &["dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ=="],
     ] {
-        let resp = http_full(server.addr, "GET", "/ws", headers, b"").await;
-        assert_eq!(resp.status, 400, "{headers:?}: {}", resp.body);
+        let mut headers = vec![upgrade[0], upgrade[1], ("Sec-WebSocket-Version", "13")];
+        headers.extend(keys.iter().map(|k| ("Sec-WebSocket-Key", *k)));
+        let resp = http_full(server.addr, "GET", "/ws", &headers, b"").await;
+        assert_eq!(resp.status, 400, "{keys:?}: {}", resp.body);
+        assert!(resp.body.contains("Sec-WebSocket-Key"), "{}", resp.body);
     }
     assert_eq!(server.hub.client_count(), 0);
     assert_eq!(server.hub.counters().connections, 0);

@@ -119,7 +119,12 @@ fn check_input(input: &Input) {
         .map(Cow::Borrowed)
         .or_else(|| ref_query(query, "token"))
         .or_else(|| ref_query(query, "access_token"))
-        .or_else(|| ref_cookie(&cookie_headers, "wshub_token").map(Cow::Borrowed));
+        .or_else(|| {
+            // The cookie counts for same-origin requests only; this request has no `Host`,
+            // so only one without an `Origin`.
+            let cookie = ref_cookie(&cookie_headers, "wshub_token").map(Cow::Borrowed);
+            cookie.filter(|_| request.headers().get("origin").is_none())
+        });
     assert_eq!(handshake.token(), token, "token precedence");
 
     // The Origin allow-list, through `Hub::upgrade`.

@@ -61,11 +61,12 @@ Scaling out (several wshub nodes, one set of channels):
 
 Security:
   --auth-token ID=TOKEN       require a client token on /ws (repeatable); the token may come as
-                              `Authorization: Bearer`, `?token=` or cookie `wshub_token`; ID is
-                              the client's identity [env: WSHUB_AUTH_TOKENS=ID=TOKEN,...]
-  --allowed-origin ORIGIN     accept browser connections only from ORIGIN, e.g.
+                              `Authorization: Bearer`, `?token=`, `?access_token=` or cookie
+                              `wshub_token` (same-origin or allowed origins only); ID is the
+                              client's identity [env: WSHUB_AUTH_TOKENS=ID=TOKEN,...]
+  --allowed-origin ORIGIN     accept browser connections (and API calls) only from ORIGIN, e.g.
                               https://app.example.com or https://*.example.com (repeatable)
-                              [default: any origin]
+                              [default: any origin on /ws; only this server's own on the API]
   --max-connections N         concurrent WebSocket clients [default: 65536]
   --rate-limit N              messages per second per client, 0 = no limit [default: 100]
   --rate-burst N              messages a client may send in a burst [default: 200]
