@@ -50,6 +50,8 @@
 //! - `client` (default): [`ReconnectingClient`] ([`client`]), a WebSocket client for wshub and
 //!   go-ws servers that reconnects with backoff, resubscribes, keeps the connection alive and
 //!   speaks `ws://` and `wss://` (rustls).
+//! - `redis` (default): the Redis broker ([`RedisConfig`], [`HubBuilder::redis`]) that lets
+//!   several wshub nodes share their channels, with the history kept in Redis.
 //!
 //! # Slow subscribers
 //! Every client has a queue bounded in bytes ([`HubConfig::max_queued_bytes`], 1 MiB) and in
@@ -58,7 +60,8 @@
 //! client's queue and closes it with 1008 "slow consumer"; [`SlowConsumerPolicy::Drop`] skips
 //! the message for that client and later tells it `"dropped N messages"`. Either way the
 //! [`PublishReport`] says exactly who got the message, and other clients are unaffected.
-//! Control frames (ping, pong, close) never count against the bound.
+//! Control frames (ping, pong, close) are never refused by the bound, but they do count
+//! towards it (at most 16 pongs wait at a time, so a ping flood cannot grow the queue).
 //!
 //! # Cancel safety
 //! [`Hub::publish`] and [`Hub::broadcast`] deliver in their first poll; dropping them later

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::history::{numbered, race_resumes, subscribe_at};
+use support::history::{
+    a_repeated_subscribe_is_answered_without_replay, numbered, race_resumes, subscribe_at,
+};
 use support::*;
 use wshub::{ChannelPattern, HubConfig};
 
@@ -52,6 +54,13 @@ async fn publications_on_history_channels_carry_offset_and_epoch() {
         "channels without history keep the go-ws format"
     );
     close(ws).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_subscribe_is_answered_with_the_position_and_replays_nothing() {
+    let server = TestServer::with_config(config(100)).await;
+    a_repeated_subscribe_is_answered_without_replay(&server, "feed:again").await;
     server.stop().await;
 }
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::history::{numbered, race_resumes, subscribe_at};
+use support::history::{
+    a_repeated_subscribe_is_answered_without_replay, numbered, race_resumes, subscribe_at,
+};
 use support::redis_server::RedisServer;
 use support::*;
 use wshub::{ChannelPattern, Hub, HubConfig, RedisConfig};
@@ -645,6 +647,53 @@ async fn a_channel_whose_key_changed_type_fails_alone_then_starts_a_new_epoch() 
         !stored.epoch.is_empty() && stored.epoch != old,
         "{stored:?}"
     );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_subscribe_is_answered_with_the_position_and_replays_nothing_with_redis() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    a_repeated_subscribe_is_answered_without_replay(&a, "feed:again").await;
+    a.stop().await;
+}
+
+/// A subscribe whose history read fails gets no made-up position (neither `recovered:false`
+/// nor an empty epoch): the connection is closed with 1013, and a resume once the history is
+/// readable again recovers what was missed.
+#[tokio::test]
+async fn a_resume_the_broker_cannot_answer_is_closed_with_1013_and_recovers_later() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, 100).await;
+    let (ws, epoch) = subscribed_through_3(&a, "feed:u").await;
+    close(ws).await;
+    a.hub.publish("feed:u", &numbered(4)).await.unwrap();
+    // The stream is moved aside: every read of it fails with WRONGTYPE.
+    redis
+        .query(&["RENAME", "wshub:s:feed:u", "aside"])
+        .await
+        .unwrap();
+    redis.query(&["SET", "wshub:s:feed:u", "x"]).await.unwrap();
+    for since in [Some((3, epoch.as_str())), None] {
+        let mut ws = a.connect().await;
+        let mut request = serde_json::json!({"type": "subscribe", "channel": "feed:u"});
+        if let Some((offset, epoch)) = since {
+            request["offset"] = offset.into();
+            request["epoch"] = epoch.into();
+        }
+        send(&mut ws, &request.to_string()).await;
+        let (code, reason) = recv_close(&mut ws).await;
+        assert_eq!(
+            (code, reason.as_str()),
+            (1013, "history unavailable: reconnect later and resume"),
+            "{since:?}"
+        );
+    }
+    redis
+        .query(&["RENAME", "aside", "wshub:s:feed:u"])
+        .await
+        .unwrap();
+    resume_recovers(&a, "feed:u", &epoch, &[]).await;
     a.stop().await;
 }
 

@@ -29,7 +29,7 @@
 //! - **Outages.** Redis unreachable at start is an error. If Redis is lost while running, local
 //!   delivery continues; a publish still reaches this node's subscribers and returns
 //!   [`PublishError::Broker`](crate::PublishError::Broker) (with the local report), so nothing
-//!   vanishes silently. The node reconnects with exponential backoff (100 ms to 5 s) and
+//!   vanishes silently. The node reconnects with exponential backoff (100 ms to 1 s) and
 //!   re-subscribes every channel that has local subscribers (a subscribe made while Redis is
 //!   unreachable is answered at once and takes effect then). On channels without history,
 //!   what other nodes published while this node's subscriber connection was down does not

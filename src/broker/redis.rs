@@ -254,9 +254,12 @@ const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// as long.
 const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reconnect backoff of the subscriber tasks.
+/// Reconnect backoff of the subscriber tasks. The cap is short: on channels without history,
+/// what other nodes publish after Redis is back and before this node re-subscribed is lost
+/// to this node's clients, so the cap bounds that window (one connection attempt a second
+/// to an absent Redis costs nothing worth saving).
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Messages delivered at most before a new subscription counts as active (see
 /// `Subscriber::run`).
@@ -1006,6 +1009,13 @@ impl Subscriber {
             let (mut sink, mut stream) = conn.split();
             let all: Vec<&String> = self.desired.iter().collect();
             if !all.is_empty() && sink.subscribe(all).await.is_err() {
+                // Refused (e.g. an ACL) or the connection dropped again: back off as for a
+                // failed connection, so a refusal does not become a busy loop.
+                tracing::warn!("Redis refused this node's subscriptions; retrying");
+                if !self.wait_offline(backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
             // A new generation once the subscriptions are in place: a position recorded

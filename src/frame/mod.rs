@@ -253,6 +253,10 @@ pub mod close_code {
     /// it when a node missed publications on a channel with history: reconnecting and
     /// resuming recovers them.
     pub const SERVICE_RESTART: u16 = 1012;
+    /// 1013: try again later (IANA registry). wshub sends it when it cannot read a channel's
+    /// history to answer a subscribe (the broker is unreachable): reconnecting later and
+    /// resuming gets the answer.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Returns `true` if `code` may appear in a close frame on the wire:

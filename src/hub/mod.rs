@@ -40,6 +40,8 @@ use registry::Registry;
 /// Close reason sent with 1012 to the subscribers of a channel on which this node missed
 /// publications from the broker.
 const GAP_REASON: &str = "missed publications: reconnect and resume to recover them";
+/// The close reason when a subscribe on a history channel cannot be answered.
+const UNAVAILABLE_REASON: &str = "history unavailable: reconnect later and resume";
 /// Closes `client` with 1012 after what is already queued: it missed publications on a
 /// broker-history channel and recovers them when it resumes.
 fn close_for_gap(client: &ClientShared) {
@@ -49,6 +51,18 @@ fn close_for_gap(client: &ClientShared) {
         DisconnectReason::Closed {
             code: close_code::SERVICE_RESTART,
             reason: GAP_REASON.to_owned(),
+        },
+    );
+}
+
+/// Closes a client whose subscribe on a history channel cannot be answered (1013).
+fn close_unavailable(client: &ClientShared) {
+    client.outbox.request_close(
+        frame::close_frame(close_code::TRY_AGAIN_LATER, UNAVAILABLE_REASON),
+        false,
+        DisconnectReason::Closed {
+            code: close_code::TRY_AGAIN_LATER,
+            reason: UNAVAILABLE_REASON.to_owned(),
         },
     );
 }
@@ -1230,8 +1244,29 @@ impl Hub {
         let (wait, instance) = match joined {
             Err(e) => return Some(e.to_string()),
             Ok(j) if !j.added => {
-                // Already subscribed and receiving live: nothing to recover or hold.
-                return None;
+                // Already subscribed and receiving live: nothing to recover or hold (replaying
+                // would duplicate). Answered as the in-memory hub does: the channel's position,
+                // and `recovered:false` to a resume, since nothing is replayed.
+                let read = broker
+                    .read_history(&channel, 0, 0, config.history_size, config.history_ttl)
+                    .await;
+                return match read {
+                    Ok(stored) => {
+                        let resume = since.as_ref().map(|(from, _)| (*from, false));
+                        let epoch = stored.epoch.unwrap_or_default();
+                        let _ = client.outbox.push_data(crate::message::subscribed_frame(
+                            &channel,
+                            resume,
+                            &epoch,
+                            stored.offset,
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        close_unavailable(&client);
+                        Some(format!("history unavailable: {e}"))
+                    }
+                };
             }
             Ok(j) => (j.pending, j.instance),
         };
@@ -1319,7 +1354,14 @@ impl Hub {
                 frame::encode_with(frame::OpCode::Text, json.len(), |b| b.put_slice(json))
             })
             .collect();
-        let recovered_ok = error.is_none() && client.outbox.has_room_for(&frames);
+        if let Some(reason) = &error {
+            // No position to answer with: neither `recovered:false` (the history may be
+            // intact) nor a made-up epoch and offset. The client reconnects and resumes later.
+            tracing::debug!(channel, client = client.id, "{reason}");
+            close_unavailable(&client);
+            return error;
+        }
+        let recovered_ok = client.outbox.has_room_for(&frames);
         let resume = since
             .as_ref()
             .map(|(from, _)| (*from, recovered_ok && recovered.is_some()));

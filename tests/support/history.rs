@@ -5,11 +5,50 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::Value;
 use wshub::{Json, Message};
 
-use super::{recv_json, send, TestServer, Ws};
+use super::{close, expect_silence, recv_json, send, TestServer, Ws};
 
 /// An event whose `data` is `i`.
 pub fn numbered(i: u64) -> Message {
     Message::new("event").with_data(Json::parse(i.to_string()).unwrap())
+}
+
+/// A subscribe for a channel the connection already has is answered with the channel's
+/// position and replays nothing: `recovered:false` to a resume, no `recovered` otherwise
+/// (the same with every broker).
+pub async fn a_repeated_subscribe_is_answered_without_replay(server: &TestServer, channel: &str) {
+    let mut ws = server.connect().await;
+    subscribe_at(&mut ws, channel, None).await;
+    let mut epoch = String::new();
+    for i in 1..=2 {
+        server.hub.publish(channel, &numbered(i)).await.unwrap();
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["data"], i);
+        epoch = v["epoch"].as_str().unwrap().to_owned();
+    }
+    let again = subscribe_at(&mut ws, channel, Some((0, &epoch))).await;
+    assert_eq!(
+        (&again["recovered"], &again["epoch"], &again["offset"]),
+        (
+            &Value::Bool(false),
+            &Value::from(epoch.as_str()),
+            &Value::from(2)
+        ),
+        "{again}"
+    );
+    let plain = subscribe_at(&mut ws, channel, None).await;
+    assert_eq!(
+        (plain.get("recovered"), &plain["offset"]),
+        (None, &Value::from(2))
+    );
+    expect_silence(&mut ws, std::time::Duration::from_millis(200)).await;
+    server.hub.publish(channel, &numbered(3)).await.unwrap();
+    let live = recv_json(&mut ws).await;
+    assert_eq!(
+        (&live["data"], &live["offset"]),
+        (&Value::from(3), &Value::from(3))
+    );
+    expect_silence(&mut ws, std::time::Duration::from_millis(100)).await;
+    close(ws).await;
 }
 
 /// Sends a subscribe (resuming from `from` when given) and returns the `subscribed` answer.
