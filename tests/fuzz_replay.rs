@@ -458,6 +458,34 @@ fn hub_seeds() -> Vec<(&'static str, Vec<u8>)> {
             encode_ops(setup(true, 255, 2), &slow_reader(&reader_recovers)),
         ),
         ("errors-and-close", encode_ops(setup(false, 0, 3), &errors)),
+        (
+            // Frames over the 256-byte queue bound are refused whole (`TooLarge`).
+            "publish-too-large",
+            encode_ops(
+                setup(false, 0, 255),
+                &[
+                    Op::Connect,
+                    Op::Subscribe {
+                        client: 0,
+                        channel: 0,
+                    },
+                    Op::Publish {
+                        channel: 0,
+                        pad: 240,
+                    },
+                    Op::Broadcast { pad: 230 },
+                    Op::Publish {
+                        channel: 0,
+                        pad: 227,
+                    },
+                    Op::Publish {
+                        channel: 0,
+                        pad: 225,
+                    },
+                    Op::DrainAll,
+                ],
+            ),
+        ),
     ]
 }
 

@@ -80,7 +80,8 @@ pub(crate) enum Op {
         client: u8,
         channel: u8,
     },
-    /// `Hub::publish_local` of an `event` whose data is a string of about `pad % 64` bytes.
+    /// `Hub::publish_local` of an `event` whose data is a string of about `pad % 64` bytes,
+    /// or `(pad - 224) × 48` from 224 on (so that some frames exceed the queue bound).
     Publish {
         channel: u8,
         pad: u8,
@@ -428,7 +429,12 @@ impl Model {
     fn publish(&mut self, channel: Option<&'static str>, pad: u8) {
         self.seq += 1;
         let mut data = format!("m{}", self.seq);
-        data.extend(std::iter::repeat_n('x', usize::from(pad % 64)));
+        let pad = if pad < 224 {
+            usize::from(pad % 64)
+        } else {
+            usize::from(pad - 224) * 48
+        };
+        data.extend(std::iter::repeat_n('x', pad));
         let kind = if channel.is_some() { "event" } else { "note" };
         let message = Message::new(kind).with_data(Json::string(&data));
         let send = |hub: &Hub| match channel {
@@ -445,13 +451,70 @@ impl Model {
                 return;
             }
         }
+        // The frame's size, up to the timestamp's length (RFC 3339 with trailing zeros of the
+        // nanoseconds cut: 20 to 30 bytes).
+        let mut bare = format!(r#"{{"type":"{kind}","#);
+        if let Some(name) = channel {
+            bare.push_str(&format!(r#""channel":"{name}","#));
+        }
+        bare.push_str(&format!(r#""data":"{data}","timestamp":""}}"#));
+        let frame_len = |payload: usize| payload + if payload <= 125 { 2 } else { 4 };
+        let (shortest, longest) = (frame_len(bare.len() + 20), frame_len(bare.len() + 30));
+        if longest > self.max_bytes {
+            // Maybe too large for any queue: refused whole (nobody gets it, nothing counted),
+            // exactly when the frame is over the bound.
+            let probe = self.hub.detached_client();
+            self.counters.connections += 1;
+            if let Some(name) = channel {
+                assert_eq!(probe.subscribe(name), Ok(true), "probe subscribes");
+            }
+            let result = send(&self.hub);
+            let (frames, _) = probe.drain_detached();
+            probe.disconnect_detached();
+            self.counters.disconnections += 1;
+            match result {
+                Err(PublishError::TooLarge { size, limit }) => {
+                    assert_eq!(limit, self.max_bytes, "TooLarge limit");
+                    assert!(
+                        size > limit && (shortest..=longest).contains(&size),
+                        "TooLarge size {size} (frame {shortest}..={longest}, bound {limit})"
+                    );
+                    assert!(
+                        frames.is_empty(),
+                        "a refused publish delivered to the probe"
+                    );
+                    return;
+                }
+                Ok(_) => {
+                    // It fitted after all (a short timestamp): undo it in the model's terms by
+                    // replaying the delivery below with the frame the probe got.
+                    assert!(
+                        shortest <= self.max_bytes,
+                        "a frame over the bound was accepted"
+                    );
+                    assert_eq!(frames.len(), 1, "probe got {} frames", frames.len());
+                    let frame = frames.into_iter().next().unwrap();
+                    assert!(frame.len() <= self.max_bytes);
+                    self.counters.published += 1;
+                    self.counters.delivered += 1; // the probe
+                    let recipients = self.recipients(channel);
+                    let mut slow = 0;
+                    for i in recipients {
+                        match self.push(i, &frame) {
+                            Outcome::Queued => self.counters.delivered += 1,
+                            Outcome::Dropped => self.counters.dropped += 1,
+                            Outcome::SlowConsumer => slow += 1,
+                            Outcome::Closed => {}
+                        }
+                    }
+                    self.counters.slow_consumer_disconnects += slow;
+                    return;
+                }
+                Err(e) => panic!("publish of a {shortest}..={longest} byte frame: {e:?}"),
+            }
+        }
         self.counters.published += 1;
-        let recipients: Vec<usize> = (0..self.clients.len())
-            .filter(|&i| {
-                let c = &self.clients[i];
-                c.registered && channel.is_none_or(|name| c.subs.contains(name))
-            })
-            .collect();
+        let recipients = self.recipients(channel);
         if recipients.is_empty() {
             let report = send(&self.hub).expect("publish");
             assert_eq!(report, PublishReport::default(), "nobody to publish to");
@@ -497,6 +560,16 @@ impl Model {
         self.counters.delivered += expected.enqueued as u64;
         self.counters.dropped += expected.dropped as u64;
         self.counters.slow_consumer_disconnects += slow;
+    }
+
+    /// The registered clients a publish to `channel` (a broadcast for `None`) reaches.
+    fn recipients(&self, channel: Option<&str>) -> Vec<usize> {
+        (0..self.clients.len())
+            .filter(|&i| {
+                let c = &self.clients[i];
+                c.registered && channel.is_none_or(|name| c.subs.contains(name))
+            })
+            .collect()
     }
 
     /// The model side of `Outbox::push_data`, called after the real push. The real queue's
