@@ -1,7 +1,8 @@
 //! The `wshub` binary and `examples/client` as an operator runs them: two nodes on two ports
 //! over one `redis-server`, a channel with history, the example client on one node and the
 //! HTTP API on the other, and the client's node restarted while publishing goes on; the
-//! security flags and environment variables; SIGTERM; bad flags.
+//! security, client-publish and API-key flags and environment variables; SIGTERM and SIGINT;
+//! bad flags.
 
 mod support;
 
@@ -374,9 +375,53 @@ async fn the_binarys_security_flags_and_environment_take_effect() {
 }
 
 #[tokio::test]
-async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
+async fn the_client_publish_and_api_key_flags_take_effect() {
+    let addr = free_addr();
+    let _server = wshub(
+        addr,
+        &[
+            "--client-publish",
+            "chat:*",
+            "--api-key",
+            "k3y",
+            "--rate-limit=0",
+        ],
+    );
+    let mut ws = connect(&format!("ws://{addr}/ws")).await;
+    subscribe(&mut ws, "chat:lobby").await;
+    subscribe(&mut ws, "news").await;
+    send(
+        &mut ws,
+        r#"{"type":"publish","channel":"chat:lobby","data":"hi"}"#,
+    )
+    .await;
+    let event = recv_json(&mut ws).await;
+    assert_eq!(
+        (&event["channel"], &event["data"]),
+        (&"chat:lobby".into(), &"hi".into())
+    );
+    send(
+        &mut ws,
+        r#"{"type":"publish","channel":"news","data":"no"}"#,
+    )
+    .await;
+    let error = recv_error(&mut ws).await;
+    assert!(error.contains("not allowed to publish"), "{error}");
+    let body = br#"{"channel":"news","data":2}"#;
+    let wrong = ("Authorization", "Bearer nope");
+    let (status, _) = http(addr, "POST", "/api/publish", &[JSON, wrong], body).await;
+    assert_eq!(status, 401);
+    let right = ("Authorization", "Bearer k3y");
+    let (status, reply) = http(addr, "POST", "/api/publish", &[JSON, right], body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(recv_json(&mut ws).await["data"], 2);
+    close(ws).await;
+}
+
+#[tokio::test]
+async fn sigterm_and_sigint_flush_every_client_with_1001_and_the_binary_exits_cleanly() {
     // `--threads 1` runs the current-thread scheduler, more threads the multi-thread one.
-    for threads in ["1", "2"] {
+    for (threads, signal) in [("1", "TERM"), ("2", "TERM"), ("1", "INT")] {
         let addr = free_addr();
         let mut server = wshub(addr, &["--threads", threads]);
         let mut clients = Vec::new();
@@ -387,7 +432,7 @@ async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
         }
         publish(addr, "news", 7).await;
         let status = Command::new("kill")
-            .args(["-TERM", &server.0.id().to_string()])
+            .args([&format!("-{signal}"), &server.0.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
@@ -395,10 +440,10 @@ async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
             assert_eq!(
                 recv_json(&mut ws).await["data"],
                 7,
-                "--threads {threads}: queued before the signal"
+                "--threads {threads} SIG{signal}: queued before the signal"
             );
             let (code, _) = recv_close(&mut ws).await;
-            assert_eq!(code, 1001, "--threads {threads}");
+            assert_eq!(code, 1001, "--threads {threads} SIG{signal}");
         }
         let deadline = Instant::now() + WAIT;
         let exit = loop {
@@ -407,11 +452,11 @@ async fn sigterm_flushes_every_client_with_1001_and_the_binary_exits_cleanly() {
             }
             assert!(
                 Instant::now() < deadline,
-                "--threads {threads}: wshub still running after SIGTERM"
+                "--threads {threads}: wshub still running after SIG{signal}"
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert!(exit.success(), "--threads {threads}: {exit:?}");
+        assert!(exit.success(), "--threads {threads} SIG{signal}: {exit:?}");
     }
 }
 

@@ -366,3 +366,154 @@ fn duration(flag: &str, v: &str, unit: &str, scale: f64) -> Result<Duration, Str
     Duration::try_from_secs_f64(n * scale)
         .map_err(|_| format!("{flag} {v}: expected a non-negative number of {unit}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `args` (the environment variables are not set in the test process).
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        parse_args(args.iter().map(|s| (*s).to_owned())).map(|a| a.expect("not --help"))
+    }
+
+    #[test]
+    fn no_flags_give_the_documented_defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            format!("{:?}", args.hub),
+            format!("{:?}", HubConfig::default())
+        );
+        assert_eq!(
+            format!("{:?}", args.server),
+            format!("{:?}", ServerConfig::default())
+        );
+        assert_eq!(args.hub.rate_limit, Some(RateLimit::new(100, 200)));
+        assert!(args.tokens.is_empty() && args.redis.is_none() && args.threads.is_none());
+    }
+
+    #[test]
+    fn every_flag_reaches_its_setting_in_both_spellings() {
+        let args = parse(&[
+            "--listen=127.0.0.1:9001",
+            "--api-key",
+            "k",
+            "--client-publish",
+            "chat:*",
+            "--client-publish=news",
+            "--heartbeat",
+            "5",
+            "--pong-timeout=7.5",
+            "--write-timeout",
+            "3",
+            "--write-delay",
+            "2",
+            "--max-message-size",
+            "1000",
+            "--max-queued-bytes",
+            "4096",
+            "--max-queued-frames",
+            "64",
+            "--slow-consumer",
+            "drop",
+            "--max-subscriptions",
+            "9",
+            "--max-channel-name-len",
+            "16",
+            "--max-body-size",
+            "2048",
+            "--shutdown-timeout",
+            "4",
+            "--threads",
+            "2",
+            "--auth-token",
+            "alice=s3cret",
+            "--allowed-origin",
+            "https://app.example.com",
+            "--max-connections",
+            "77",
+            "--rate-limit",
+            "10",
+            "--rate-burst",
+            "20",
+            "--handshake-timeout",
+            "6",
+            "--max-http-connections",
+            "12",
+            "--max-header-size",
+            "9000",
+            "--redis",
+            "redis://127.0.0.1:1",
+            "--redis=redis://127.0.0.1:2",
+            "--redis-prefix",
+            "p:",
+            "--history",
+            "feed:*",
+            "--history-size",
+            "50",
+            "--history-ttl",
+            "60",
+        ])
+        .unwrap();
+        let (hub, server) = (&args.hub, &args.server);
+        assert_eq!(server.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(server.api_key.as_deref(), Some("k"));
+        let patterns: Vec<String> = hub.client_publish.iter().map(|p| p.to_string()).collect();
+        assert_eq!(patterns, ["chat:*", "news"]);
+        assert_eq!(hub.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(hub.pong_timeout, Duration::from_millis(7500));
+        assert_eq!(hub.write_timeout, Duration::from_secs(3));
+        assert_eq!(hub.write_delay, Duration::from_millis(2));
+        assert_eq!(hub.max_message_size, 1000);
+        assert_eq!((hub.max_queued_bytes, hub.max_queued_frames), (4096, 64));
+        assert_eq!(hub.slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!((hub.max_subscriptions, hub.max_channel_name_len), (9, 16));
+        assert_eq!(server.max_body_size, 2048);
+        assert_eq!(server.shutdown_timeout, Duration::from_secs(4));
+        assert_eq!(args.threads, Some(2));
+        assert_eq!(args.tokens, [("alice".to_owned(), "s3cret".to_owned())]);
+        assert_eq!(hub.allowed_origins, ["https://app.example.com"]);
+        assert_eq!(hub.max_connections, 77);
+        assert_eq!(hub.rate_limit, Some(RateLimit::new(10, 20)));
+        assert_eq!(server.handshake_timeout, Duration::from_secs(6));
+        assert_eq!(server.max_http_connections, 12);
+        assert_eq!(server.max_header_size, 9000);
+        let redis = args.redis.as_ref().unwrap();
+        assert_eq!(redis.urls, ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]);
+        assert_eq!(redis.prefix, "p:");
+        let history: Vec<String> = hub.history.iter().map(|p| p.to_string()).collect();
+        assert_eq!(history, ["feed:*"]);
+        assert_eq!(hub.history_size, 50);
+        assert_eq!(hub.history_ttl, Duration::from_secs(60));
+        // `--rate-limit 0` turns the limit off.
+        assert_eq!(parse(&["--rate-limit", "0"]).unwrap().hub.rate_limit, None);
+    }
+
+    #[test]
+    fn bad_command_lines_are_errors_that_name_the_flag() {
+        for (args, expected) in [
+            (&["--nope"][..], "unknown argument \"--nope\""),
+            (&["--listen"], "--listen needs a value"),
+            (&["--listen", "nowhere"], "--listen nowhere"),
+            (&["--threads", "0"], "--threads 0: expected at least 1"),
+            (&["--heartbeat", "-1"], "--heartbeat"),
+            (&["--max-queued-bytes", "lots"], "--max-queued-bytes"),
+            (&["--auth-token", "no-equals"], "--auth-token"),
+            (&["--slow-consumer", "ignore"], "ignore"),
+            (&["--client-publish", "bad name"], "bad name"),
+            (
+                &["--rate-limit", "0", "--rate-burst", "5"],
+                "--rate-burst needs a rate limit",
+            ),
+            (
+                &["--tls-cert", "c.pem"],
+                "--tls-cert and --tls-key go together",
+            ),
+        ] {
+            let error = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+    }
+}
