@@ -211,3 +211,24 @@ async fn counters_count_publishes_and_deliveries() {
     .await;
     server.stop().await;
 }
+
+/// The writer batches: frames queued while it was not running go out in one vectored write
+/// (the test runtime has one thread, so all 50 are queued before the session runs).
+#[tokio::test]
+async fn frames_queued_together_go_out_in_one_socket_write() {
+    let server = TestServer::start(Hub::new()).await;
+    let mut ws = server.connect().await;
+    subscribe(&mut ws, "news").await;
+    let before = server.hub.counters();
+    for i in 0..50 {
+        let message = Message::new("event").with_data(Json::parse(i.to_string()).unwrap());
+        server.hub.publish_local("news", &message).unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(recv_json(&mut ws).await["data"], i);
+    }
+    let after = server.hub.counters();
+    assert_eq!(after.frames_written - before.frames_written, 50);
+    assert_eq!(after.socket_writes - before.socket_writes, 1, "one writev");
+    server.stop().await;
+}

@@ -300,23 +300,34 @@ async fn a_client_over_its_rate_gets_errors_then_close_1008() {
 async fn a_slowloris_handshake_is_cut_off_at_the_handshake_timeout() {
     let config = ServerConfig::default().handshake_timeout(Duration::from_millis(300));
     let server = TestServer::start_with(Hub::new(), config).await;
-    // One connection that never sends anything, one that trickles an incomplete head.
+    // One connection that never sends anything, one that keeps trickling a head that never
+    // ends: a header line every 50 ms, so an idle timeout alone would never cut it off.
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut trickle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    trickle
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let started = tokio::time::Instant::now();
-    for tcp in [&mut silent, &mut trickle] {
-        let mut buf = Vec::new();
-        // The server closes (possibly after a 408 response): read to EOF.
-        let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await;
-        assert!(read.is_ok(), "the server kept a slowloris connection open");
-        let text = String::from_utf8_lossy(&buf);
-        assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
-    }
-    assert!(started.elapsed() < WAIT);
+    let trickle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut trickle, mut writer) = trickle.into_split();
+    let sender = tokio::spawn(async move {
+        let mut lines = 0u32;
+        let mut next: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\n";
+        while writer.write_all(next).await.is_ok() && lines < 1000 {
+            lines += 1;
+            next = b"X-Slow: y\r\n";
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lines
+    });
+    let mut buf = Vec::new();
+    // The server closes (possibly after a 408 response): read to EOF.
+    let read = tokio::time::timeout(WAIT, silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a silent connection open");
+    assert!(buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"));
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, trickle.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a trickling connection open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // The sender stops at its first failed write after the close.
+    let lines = tokio::time::timeout(WAIT, sender).await.unwrap().unwrap();
+    assert!(lines < 1000, "still writing after {lines} lines");
     server.stop().await;
 }
 
