@@ -962,6 +962,8 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.max_header_size, 16 * 1024);
+        assert_eq!(c.max_http_connections, 1024);
+        assert!(c.tls.is_none());
     }
 
     #[test]
