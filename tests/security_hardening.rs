@@ -48,10 +48,20 @@ async fn connect_with(server: &TestServer, path: &str, headers: &[(&str, &str)])
 async fn authentication_refuses_with_401_and_accepts_header_query_and_cookie_tokens() {
     let identities = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&identities);
+    // Every other hook sees the identity too: (hook, identity).
+    let in_hooks = Arc::new(Mutex::new(Vec::<(&str, Option<String>)>::new()));
+    let (h1, h2, h3) = (in_hooks.clone(), in_hooks.clone(), in_hooks.clone());
+    let id = |c: &wshub::Client| c.identity().map(str::to_owned);
     let auth = TokenAuth::new([("alice", "a-token"), ("bob", "b-token")]);
     let hub = Hub::builder()
         .authenticate(move |req| auth.check(req))
         .on_connect(move |c| seen.lock().unwrap().push(c.identity().map(str::to_owned)))
+        .on_message(move |c, _| h1.lock().unwrap().push(("message", id(c))))
+        .authorize_channel(move |c, _, _| {
+            h2.lock().unwrap().push(("authorize", id(c)));
+            true
+        })
+        .on_disconnect(move |c, _| h3.lock().unwrap().push(("disconnect", id(c))))
         .build()
         .unwrap();
     let server = TestServer::start(hub).await;
@@ -91,9 +101,26 @@ async fn authentication_refuses_with_401_and_accepts_header_query_and_cookie_tok
     got.sort();
     let expected = [Some("alice"), Some("alice"), Some("bob")].map(|s| s.map(str::to_owned));
     assert_eq!(got, expected);
+    send(&mut by_query, r#"{"type":"hello"}"#).await;
+    subscribe(&mut by_query, "news").await;
     for ws in [by_header, by_query, by_cookie] {
         close(ws).await;
     }
+    eventually("all gone", || server.hub.client_count() == 0).await;
+    let mut hooks = in_hooks.lock().unwrap().clone();
+    hooks.sort();
+    let bob = Some("bob".to_owned());
+    let alice = Some("alice".to_owned());
+    assert_eq!(
+        hooks,
+        [
+            ("authorize", bob.clone()),
+            ("disconnect", alice.clone()),
+            ("disconnect", alice),
+            ("disconnect", bob.clone()),
+            ("message", bob),
+        ]
+    );
     server.stop().await;
 }
 
@@ -180,7 +207,11 @@ async fn a_foreign_origin_is_refused_cross_site_websocket_hijacking() {
 #[tokio::test]
 async fn the_channel_authoriser_decides_client_subscribe_and_publish() {
     let hub = Hub::builder()
-        .config(HubConfig::default().client_publish(vec![ChannelPattern::new("*").unwrap()]))
+        .config(
+            HubConfig::default()
+                .client_publish(vec![ChannelPattern::new("*").unwrap()])
+                .history(vec![ChannelPattern::new("private:*").unwrap()]),
+        )
         .authorize_channel(|_client, channel, action| match action {
             ChannelAction::Subscribe => !channel.starts_with("private:"),
             ChannelAction::Publish => channel.starts_with("chat:"),
@@ -194,6 +225,16 @@ async fn the_channel_authoriser_decides_client_subscribe_and_publish() {
     assert_eq!(
         recv_error(&mut ws).await,
         r#"not allowed to subscribe to "private:x""#
+    );
+    // A resume on a channel with history is a subscribe too.
+    send(
+        &mut ws,
+        r#"{"type":"subscribe","channel":"private:h","offset":0,"epoch":"e"}"#,
+    )
+    .await;
+    assert_eq!(
+        recv_error(&mut ws).await,
+        r#"not allowed to subscribe to "private:h""#
     );
     subscribe(&mut ws, "chat:1").await;
     subscribe(&mut ws, "news").await;
@@ -292,6 +333,42 @@ async fn a_client_over_its_rate_gets_errors_then_close_1008() {
     let pongs = kinds.iter().filter(|k| *k == "pong").count();
     let errors = kinds.iter().filter(|k| *k == "error").count();
     assert_eq!((pongs, errors), (4, 4), "{kinds:?}");
+    assert_eq!(log.wait_for(id).await, DisconnectReason::RateLimited);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ping_frame_flood_is_rate_limited_unanswered_then_closed_1008() {
+    let log = DisconnectLog::default();
+    let hub = log
+        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(RateLimit::new(5, 5)))))
+        .build()
+        .unwrap();
+    let server = TestServer::start(hub).await;
+    let (mut raw, id) = server.raw_client().await; // its sync used one token
+                                                   // 24 WebSocket-level pings (opcode 9) in one write, each with its own payload.
+    let mut burst = Vec::new();
+    for i in 0..24u8 {
+        burst.extend_from_slice(&wshub::frame::encode_masked(9, true, 0, &[i], [7; 4]));
+    }
+    raw.write(&burst).await;
+    let mut pongs = Vec::new();
+    loop {
+        let (op, payload) = raw.read_frame().await.expect("frames until the close");
+        match op {
+            0xA => pongs.push(payload),
+            8 => {
+                assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1008);
+                assert_eq!(&payload[2..], b"rate limit exceeded");
+                raw.send_close(1000, "").await;
+                break;
+            }
+            other => panic!("unexpected opcode {other}: {payload:?}"),
+        }
+    }
+    // The 4 tokens left are answered (pongs echo their ping); a refused ping gets no pong
+    // (and no error message: it is not a request), and 5 refusals in a row close.
+    assert_eq!(pongs, [[0], [1], [2], [3]].map(|p| p.to_vec()));
     assert_eq!(log.wait_for(id).await, DisconnectReason::RateLimited);
     server.stop().await;
 }
