@@ -519,6 +519,25 @@ async fn nodes_survive_a_redis_restart_and_outage_publishes_fail_loudly() {
     .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(numbers(&mut on_b, 1).await, [3]);
+    // The operator sees the outage in the stats and the metrics.
+    let broker = |node: &TestServer| {
+        let addr = node.addr;
+        async move {
+            let v = http_full(addr, "GET", "/api/stats", &[], b"").await.json();
+            v["counters"]["broker"].clone()
+        }
+    };
+    let stats = broker(&b).await;
+    assert!(stats["publish_errors"].as_u64() >= Some(2), "{stats}");
+    assert_eq!(stats["shards"], 1, "{stats}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker(&b).await["connected_shards"] != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outage never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     redis.restart().await;
     // Both nodes reconnect and re-subscribe; then delivery across nodes works again.
@@ -549,6 +568,16 @@ async fn nodes_survive_a_redis_restart_and_outage_publishes_fail_loudly() {
         "cross-node delivery is back"
     );
     assert!(b.hub.counters().broker.publish_errors >= 1);
+    let metrics = http_full(b.addr, "GET", "/metrics", &[], b"").await.body;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("wshub_broker_publish_errors_total") >= 2.0);
+    assert!(value("wshub_broker_reconnects_total") >= 1.0);
+    assert_eq!(value("wshub_broker_connected_shards"), 1.0);
     close_all(vec![on_a, on_b], [a, b]).await;
 }
 
@@ -751,6 +780,75 @@ async fn every_subscriber_waits_for_the_channels_redis_subscription_not_only_the
     assert_eq!(numbers(&mut second, 1).await, [1]);
     close(first).await;
     close(second).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Clients on node A join and leave a channel over and over (so A subscribes and unsubscribes
+/// the channel in Redis again and again, first joins racing last leaves) while node B
+/// publishes numbered messages all the time: every client gets, in order and without a gap,
+/// every message published after its subscribe was answered, until its unsubscribe was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_racing_on_one_node_lose_nothing_published_meanwhile() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let redis = RedisServer::start().await;
+    let urls = [redis.url()];
+    let (a, b) = (node(&urls).await, node(&urls).await);
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (hub, published, stop) = (b.hub.clone(), published.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 100_000 {
+                i += 1;
+                hub.publish("flap", &numbered(i)).await.unwrap();
+                published.store(i as u64, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..8u64 {
+        let (url, published) = (a.ws_url(), published.clone());
+        clients.spawn(async move {
+            let mut ws = connect(&url).await;
+            for round in 0..10u64 {
+                send(&mut ws, r#"{"type":"subscribe","channel":"flap"}"#).await;
+                // Before the pong: only messages that may have been on their way.
+                let early = sync_collect(&mut ws).await;
+                let after = published.load(Ordering::SeqCst);
+                let mut got: Vec<u64> = early
+                    .iter()
+                    .map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap()["data"].as_u64().unwrap())
+                    .collect();
+                for _ in 0..3 {
+                    got.push(recv_json(&mut ws).await["data"].as_u64().unwrap());
+                }
+                send(&mut ws, r#"{"type":"unsubscribe","channel":"flap"}"#).await;
+                for t in sync_collect(&mut ws).await {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    got.push(v["data"].as_u64().unwrap());
+                }
+                let first = got[0];
+                assert!(
+                    first <= after + 1,
+                    "client {c} round {round}: first message {first}, but {after} were published before the answer"
+                );
+                let expected: Vec<u64> = (first..first + got.len() as u64).collect();
+                assert_eq!(got, expected, "client {c} round {round}: a gap or a duplicate");
+                // Out of the channel for a moment, so that the last leave happens often.
+                tokio::time::sleep(Duration::from_millis(1 + (c + round) % 4)).await;
+            }
+            close(ws).await;
+        });
+    }
+    while let Some(r) = clients.join_next().await {
+        r.expect("client task");
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
     a.stop().await;
     b.stop().await;
 }
