@@ -28,6 +28,10 @@
 //!    `Value`, is a fixed point of `Json::parse`, has every object's keys in strictly
 //!    increasing byte order, and contains no byte Go's encoder would have escaped.
 //!
+//! Every reference value is read with serde_json's tokenizer into [`PlainValue`], not with
+//! `Value`'s own `Deserialize`, which gives the key `$serde_json::private::RawValue` a private
+//! meaning (a fuzz find: `{"$serde_json::private::RawValue":[31348]}` is plain JSON).
+//!
 //! Shared by `fuzz_targets/message_parse.rs` and the main crate's `tests/fuzz_replay.rs`.
 
 use std::fmt;
@@ -99,11 +103,11 @@ impl<'de> de::Deserialize<'de> for Envelope {
                     match key.as_str() {
                         "type" => {
                             env.repeated |= env.kind.is_some();
-                            env.kind = Some(map.next_value()?);
+                            env.kind = Some(map.next_value::<PlainValue>()?.0);
                         }
                         "channel" => {
                             env.repeated |= env.channel.is_some();
-                            env.channel = Some(map.next_value()?);
+                            env.channel = Some(map.next_value::<PlainValue>()?.0);
                         }
                         "data" => {
                             env.repeated |= env.data.is_some();
@@ -111,11 +115,11 @@ impl<'de> de::Deserialize<'de> for Envelope {
                         }
                         "offset" => {
                             env.repeated |= env.offset.is_some();
-                            env.offset = Some(map.next_value()?);
+                            env.offset = Some(map.next_value::<PlainValue>()?.0);
                         }
                         "epoch" => {
                             env.repeated |= env.epoch.is_some();
-                            env.epoch = Some(map.next_value()?);
+                            env.epoch = Some(map.next_value::<PlainValue>()?.0);
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
@@ -161,7 +165,7 @@ fn expected_request(payload: &[u8]) -> Expected {
     // go-ws form: the channel name as a JSON string in `data`.
     let data_string = || match data
         .as_deref()
-        .map(|d| serde_json::from_str::<Value>(d.get()))
+        .map(|d| serde_json::from_str::<PlainValue>(d.get()).map(|v| v.0))
     {
         Some(Ok(Value::String(s))) => Some(s),
         _ => None,
@@ -235,7 +239,7 @@ fn check_request(payload: &[u8]) {
 /// Checks `Json::parse` on `text` against serde_json.
 fn check_canonical(text: &[u8]) {
     let ours = Json::parse(text);
-    let reference = serde_json::from_slice::<Value>(text);
+    let reference = serde_json::from_slice::<PlainValue>(text).map(|v| v.0);
     match (&ours, reference) {
         (Ok(json), Ok(value)) => check_output(json, &value),
         (Err(_), Err(_)) => {}
@@ -365,9 +369,72 @@ impl<'de> Visitor<'de> for SortedKeys {
 fn parse_unlimited(text: &[u8]) -> serde_json::Result<Value> {
     let mut de = serde_json::Deserializer::from_slice(text);
     de.disable_recursion_limit();
-    let value = de::Deserialize::deserialize(&mut de)?;
+    let value: PlainValue = de::Deserialize::deserialize(&mut de)?;
     de.end()?;
-    Ok(value)
+    Ok(value.0)
+}
+
+/// A `serde_json::Value` read the plain way. With serde_json's `raw_value` feature, `Value`
+/// itself treats an object whose first key is `$serde_json::private::RawValue` as serde_json's
+/// own raw-value token (its string value is parsed as JSON instead; anything else is refused).
+/// That is a private convention of serde, not JSON, and neither Go nor wshub's parsers have
+/// it, so the references use this type (serde_json's tokenizer, no token).
+struct PlainValue(Value);
+
+impl<'de> de::Deserialize<'de> for PlainValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PlainValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<PlainValue, E> {
+                Ok(PlainValue(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<PlainValue, E> {
+                Ok(PlainValue(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<PlainValue, E> {
+                Ok(PlainValue(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<PlainValue, E> {
+                Ok(PlainValue(
+                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<PlainValue, E> {
+                Ok(PlainValue(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<PlainValue, E> {
+                Ok(PlainValue(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<PlainValue, E> {
+                Ok(PlainValue(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<PlainValue, E> {
+                Ok(PlainValue(Value::Null))
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<PlainValue, D::Error> {
+                de::Deserialize::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PlainValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(PlainValue(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(PlainValue(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PlainValue, A::Error> {
+                let mut object = serde_json::Map::new();
+                while let Some((k, PlainValue(v))) = map.next_entry::<String, PlainValue>()? {
+                    object.insert(k, v);
+                }
+                Ok(PlainValue(Value::Object(object)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The deepest nesting of `[`/`{` outside strings (a plain scan; exact for valid JSON).
