@@ -65,10 +65,20 @@ async fn check_client(program: &str, script: &str) {
     server.stop().await;
 }
 
+/// Outside CI a missing interpreter skips the test (with a note); in CI (`CI` set) it fails, so
+/// that the interop check cannot pass without having run.
+fn skip_unless_ci(var: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{var} is not set, and CI must run the interop clients (scripts/test.sh sets it)"
+    );
+    eprintln!("skipped: {var} is not set (scripts/test.sh sets it)");
+}
+
 #[tokio::test]
 async fn python_websockets_receives_byte_exact_messages() {
     let Ok(python) = std::env::var("WSHUB_INTEROP_PYTHON") else {
-        eprintln!("skipped: WSHUB_INTEROP_PYTHON is not set (scripts/test.sh sets it)");
+        skip_unless_ci("WSHUB_INTEROP_PYTHON");
         return;
     };
     check_client(&python, "tests/interop/client.py").await;
@@ -77,7 +87,7 @@ async fn python_websockets_receives_byte_exact_messages() {
 #[tokio::test]
 async fn node_ws_receives_byte_exact_messages() {
     let Ok(node) = std::env::var("WSHUB_INTEROP_NODE") else {
-        eprintln!("skipped: WSHUB_INTEROP_NODE is not set (scripts/test.sh sets it)");
+        skip_unless_ci("WSHUB_INTEROP_NODE");
         return;
     };
     check_client(&node, "tests/interop/client.mjs").await;
