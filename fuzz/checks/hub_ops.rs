@@ -485,9 +485,9 @@ impl Model {
                     );
                     return;
                 }
-                Ok(_) => {
-                    // It fitted after all (a short timestamp): undo it in the model's terms by
-                    // replaying the delivery below with the frame the probe got.
+                Ok(report) => {
+                    // It fitted after all (a short timestamp): the model delivers the frame
+                    // the probe got and checks the report.
                     assert!(
                         shortest <= self.max_bytes,
                         "a frame over the bound was accepted"
@@ -496,17 +496,23 @@ impl Model {
                     let frame = frames.into_iter().next().unwrap();
                     assert!(frame.len() <= self.max_bytes);
                     self.counters.published += 1;
-                    self.counters.delivered += 1; // the probe
-                    let recipients = self.recipients(channel);
+                    let mut expected = PublishReport::default();
+                    expected.enqueued = 1; // the probe
                     let mut slow = 0;
-                    for i in recipients {
+                    for i in self.recipients(channel) {
                         match self.push(i, &frame) {
-                            Outcome::Queued => self.counters.delivered += 1,
-                            Outcome::Dropped => self.counters.dropped += 1,
-                            Outcome::SlowConsumer => slow += 1,
-                            Outcome::Closed => {}
+                            Outcome::Queued => expected.enqueued += 1,
+                            Outcome::Dropped => expected.dropped += 1,
+                            Outcome::SlowConsumer => {
+                                expected.disconnected += 1;
+                                slow += 1;
+                            }
+                            Outcome::Closed => expected.disconnected += 1,
                         }
                     }
+                    assert_eq!(report, expected, "publish report ({channel:?})");
+                    self.counters.delivered += expected.enqueued as u64;
+                    self.counters.dropped += expected.dropped as u64;
                     self.counters.slow_consumer_disconnects += slow;
                     return;
                 }
