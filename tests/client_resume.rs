@@ -488,3 +488,61 @@ async fn a_saved_position_is_resumed_with_subscribe_from() {
     close(client, events).await;
     server.stop().await;
 }
+
+/// With the Redis broker, a resume the server cannot answer (the channel's history cannot be
+/// read) closes the connection with 1013; the client counts it as a failed dial, retries with
+/// its backoff, and recovers everything once the history is readable again.
+#[tokio::test]
+async fn a_resume_closed_with_1013_is_retried_until_the_history_can_be_read() {
+    let redis = support::redis_server::RedisServer::start().await;
+    let hub = Hub::builder()
+        .config(config(100))
+        .redis(wshub::RedisConfig::new(vec![redis.url()]))
+        .connect()
+        .await
+        .expect("connect to Redis");
+    let server = TestServer::start(hub).await;
+    let (client, mut events) = start(&server.ws_url());
+    connect_subscribed(&client, &mut events, "feed:u").await;
+    server.hub.publish("feed:u", &numbered(1)).await.unwrap();
+    let (_, epoch, offset) = publication(next_event(&mut events).await, 0);
+    assert_eq!(offset, 1);
+
+    // The stream is moved aside: every read of it fails.
+    let key = "wshub:s:feed:u";
+    redis.query(&["RENAME", key, "aside"]).await.unwrap();
+    redis.query(&["SET", key, "x"]).await.unwrap();
+    kill_newest(&server.hub);
+    expect_disconnected(&mut events).await;
+    for _ in 0..2 {
+        match next_event(&mut events).await {
+            Event::ConnectFailed { error, .. } => {
+                let text = error.to_string();
+                assert!(text.contains("1013"), "{text}");
+                assert!(text.contains("history unavailable"), "{text}");
+            }
+            other => panic!("expected a dial closed with 1013, got {other:?}"),
+        }
+    }
+    redis.query(&["RENAME", "aside", key]).await.unwrap();
+    server.hub.publish("feed:u", &numbered(2)).await.unwrap();
+    // Resumed from offset 1 (`Recovered` and `Reconnected` in either order), then
+    // publication 2.
+    let mut recovered = None;
+    let mut reconnected = false;
+    while recovered.is_none() || !reconnected {
+        match next_non_dial_event(&mut events).await {
+            Event::Recovered {
+                channel,
+                epoch,
+                offset,
+            } if channel.as_str() == "feed:u" => recovered = Some((epoch, offset)),
+            Event::Reconnected { .. } => reconnected = true,
+            other => panic!("expected Recovered and Reconnected, got {other:?}"),
+        }
+    }
+    assert_eq!(recovered, Some((epoch.clone(), 1)));
+    assert_eq!(next_offset(&mut events, "feed:u", &epoch).await, 2);
+    close(client, events).await;
+    server.stop().await;
+}
