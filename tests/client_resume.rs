@@ -526,22 +526,10 @@ async fn a_resume_closed_with_1013_is_retried_until_the_history_can_be_read() {
     }
     redis.query(&["RENAME", "aside", key]).await.unwrap();
     server.hub.publish("feed:u", &numbered(2)).await.unwrap();
-    // Resumed from offset 1 (`Recovered` and `Reconnected` in either order), then
-    // publication 2.
-    let mut recovered = None;
-    let mut reconnected = false;
-    while recovered.is_none() || !reconnected {
-        match next_non_dial_event(&mut events).await {
-            Event::Recovered {
-                channel,
-                epoch,
-                offset,
-            } if channel.as_str() == "feed:u" => recovered = Some((epoch, offset)),
-            Event::Reconnected { .. } => reconnected = true,
-            other => panic!("expected Recovered and Reconnected, got {other:?}"),
-        }
-    }
-    assert_eq!(recovered, Some((epoch.clone(), 1)));
+    // Reconnected, resumed from offset 1, then publication 2.
+    expect_reconnected(&mut events).await;
+    let recovered = expect_recovered(&mut events, "feed:u").await;
+    assert_eq!(recovered, (epoch.clone(), 1));
     assert_eq!(next_offset(&mut events, "feed:u", &epoch).await, 2);
     close(client, events).await;
     server.stop().await;
