@@ -61,7 +61,9 @@ impl<'a> Handshake<'a> {
 
     /// Whether the request comes from a page of this server's own origin, or not from a
     /// browser page at all: no `Origin` header, or one whose `host[:port]` is the `Host`
-    /// header's (ASCII case-insensitive).
+    /// header's (ASCII case-insensitive). The scheme is not compared (the request does not
+    /// say whether it came over TLS), so a page of `http://host` counts as the same origin as
+    /// a server on `https://host`.
     ///
     /// # Examples
     /// ```
@@ -184,8 +186,10 @@ impl Hub {
     /// connect hook and runs until the connection ends. Anything else is answered with
     /// `{"error":"<reason>"}`:
     /// - `405` for a method other than `GET`;
-    /// - `400` for a request that is not a valid WebSocket upgrade (missing
-    ///   `Upgrade: websocket`, missing key, version other than 13);
+    /// - `400` for a request that is not a WebSocket upgrade (no `Upgrade: websocket` and
+    ///   `Connection: upgrade`), or whose `Sec-WebSocket-Key` is missing, repeated or not
+    ///   base64 of 16 bytes;
+    /// - `426` with `Sec-WebSocket-Version: 13` when the version is missing, repeated or not 13;
     /// - `403` for an `Origin` outside [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins);
     /// - `401` when the [authentication hook](crate::HubBuilder::authenticate) refuses;
     /// - `503` at [`HubConfig::max_connections`](crate::HubConfig::max_connections) or while
@@ -326,17 +330,26 @@ impl Future for Connection {
 /// RFC 6455 §4.2.1–§4.2.2: the version must be 13, or the answer is 426 naming the version
 /// this server speaks; the key must be base64 of 16 bytes (24 characters ending in `==`).
 fn check_handshake_fields(headers: &http::HeaderMap) -> Option<Response<Body>> {
-    let version = headers.get(header::SEC_WEBSOCKET_VERSION);
-    if version.map(HeaderValue::as_bytes) != Some(b"13") {
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    let version = match (versions.next(), versions.next()) {
+        (Some(v), None) => Some(v.as_bytes()),
+        (None, _) => None,
+        (Some(_), Some(_)) => Some(&b"(several)"[..]),
+    };
+    if version != Some(b"13") {
         let reason = match version {
             None => "missing Sec-WebSocket-Version header (this server speaks version 13)",
             Some(_) => "unsupported WebSocket version (this server speaks version 13)",
         };
         let mut resp = error_response(StatusCode::UPGRADE_REQUIRED, reason);
-        resp.headers_mut().insert(
+        let h = resp.headers_mut();
+        h.insert(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
         );
+        // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         return Some(resp);
     }
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();

@@ -57,7 +57,9 @@ pub use tokio_rustls::rustls;
 pub struct ServerConfig {
     /// Address to listen on. The default value is `127.0.0.1:8080`.
     pub listen: SocketAddr,
-    /// When set, `/api/*` and `/metrics` require `Authorization: Bearer <key>`. The default value is `None`.
+    /// When set, `/api/*` and `/metrics` require `Authorization: Bearer <key>`. Without a key
+    /// they answer only requests addressed to an IP address or `localhost` (a defence against
+    /// DNS rebinding). The default value is `None`.
     pub api_key: Option<String>,
     /// Largest accepted HTTP API request body in bytes; larger ones get 413. The default value
     /// is 1 MiB.
@@ -450,8 +452,19 @@ async fn route(mut req: Request<Incoming>, hub: &Hub, config: &ServerConfig) -> 
 /// it must be this server's own origin or one of
 /// [`HubConfig::allowed_origins`](crate::HubConfig::allowed_origins) (when that list is set).
 /// Clients that send no `Origin` (curl, backends) are not affected.
+///
+/// Without an API key, the API also answers only requests addressed to an IP address or
+/// `localhost`: a page whose own host name was re-pointed at this server (DNS rebinding) is
+/// same-origin to the browser, but its requests carry that name in `Host`.
 fn authorize(req: &Request<Incoming>, hub: &Hub, config: &ServerConfig) -> Option<Response<Body>> {
     let handshake = Handshake::new(req);
+    if config.api_key.is_none() && !handshake.header("host").is_none_or(is_address_host) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "without an API key the HTTP API answers only requests to an IP address or \
+             localhost (set --api-key to serve it under a host name)",
+        ));
+    }
     if let Some(origin) = handshake.origin() {
         let listed =
             !hub.config().allowed_origins.is_empty() && hub.config().origin_allowed(origin);
@@ -476,6 +489,24 @@ fn authorize(req: &Request<Incoming>, hub: &Hub, config: &ServerConfig) -> Optio
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Some(resp)
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (with any port), not a DNS
+/// name that someone else could point at this server.
+fn is_address_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        Some(rest) => {
+            return rest
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 /// Compares without an early exit, so the time taken does not reveal the matching prefix.
@@ -964,6 +995,35 @@ mod tests {
         assert_eq!(c.max_header_size, 16 * 1024);
         assert_eq!(c.max_http_connections, 1024);
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn address_hosts_are_ip_literals_and_localhost_only() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+            "localhost",
+            "LocalHost:8080",
+            "localhost.:1",
+            "app.localhost:3000",
+        ] {
+            assert!(is_address_host(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "rebind.attacker:8080",
+            "127.0.0.1.nip.io",
+            "localhost.evil.com",
+            "[::1",
+            "[example]:80",
+            "",
+            "1.2.3",
+        ] {
+            assert!(!is_address_host(host), "{host}");
+        }
     }
 
     #[test]

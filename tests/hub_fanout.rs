@@ -214,7 +214,7 @@ async fn counters_count_publishes_and_deliveries() {
 
 /// The writer batches: frames queued while it was not running go out in one vectored write
 /// (the test runtime has one thread, so all 50 are queued before the session runs).
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn frames_queued_together_go_out_in_one_socket_write() {
     let server = TestServer::start(Hub::new()).await;
     let mut ws = server.connect().await;

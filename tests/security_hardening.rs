@@ -341,7 +341,7 @@ async fn a_client_over_its_rate_gets_errors_then_close_1008() {
 async fn a_ping_frame_flood_is_rate_limited_unanswered_then_closed_1008() {
     let log = DisconnectLog::default();
     let hub = log
-        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(RateLimit::new(5, 5)))))
+        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(RateLimit::new(1, 5)))))
         .build()
         .unwrap();
     let server = TestServer::start(hub).await;

@@ -280,6 +280,26 @@ async fn a_foreign_web_page_cannot_drive_the_api() {
     let null = [("Origin", "null")];
     let resp = http_full(server.addr, "POST", "/api/publish", &null, body).await;
     assert_eq!(resp.status, 403, "an opaque origin is foreign too");
+    // DNS rebinding: the attacker's own name now points here, so the browser sends a
+    // matching Origin (or none, for a same-origin GET), but the name is in `Host`.
+    let rebound = |method: &str, path: &str, origin: bool| {
+        let origin = if origin {
+            "Origin: http://rebind.attacker:8080\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: rebind.attacker:8080\r\n{origin}\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            std::str::from_utf8(body).unwrap()
+        )
+    };
+    for (method, path, origin) in [("POST", "/api/publish", true), ("GET", "/api/stats", false)] {
+        let resp = http_raw(server.addr, rebound(method, path, origin).as_bytes()).await;
+        assert_eq!(resp.status, 403, "{method} {path}: {}", resp.body);
+        assert!(resp.body.contains("--api-key"), "{}", resp.body);
+    }
     assert_eq!(server.hub.counters().published, 0, "nothing was published");
     // A page of this server's own origin, and clients without an Origin, may.
     let own = format!("http://{}", server.addr);
@@ -299,6 +319,15 @@ async fn a_foreign_web_page_cannot_drive_the_api() {
     assert_eq!(resp.status, 200, "{}", resp.body);
     let resp = http_full(server.addr, "GET", "/api/stats", &forged, b"").await;
     assert_eq!(resp.status, 403);
+    server.stop().await;
+
+    // With an API key, a host name is fine: a rebinding page does not know the key.
+    let config = ServerConfig::default().api_key(Some("k".to_owned()));
+    let server = TestServer::start_with(Hub::new(), config).await;
+    let request = "GET /api/stats HTTP/1.1\r\nHost: hub.example.com\r\n\
+                   Authorization: Bearer k\r\nConnection: close\r\n\r\n";
+    let resp = http_raw(server.addr, request.as_bytes()).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
     server.stop().await;
 }
 
@@ -364,7 +393,7 @@ async fn bodies_over_the_limit_are_413() {
     // Without a Content-Length (chunked), the limit applies while reading.
     let chunk = big.as_bytes();
     let mut req = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+        "POST /api/publish HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
         chunk.len()
     )
@@ -425,16 +454,17 @@ async fn non_upgrade_requests_to_ws_are_400() {
     // RFC 6455 §4.2.2 and §4.4: another version gets 426 and the version this server speaks.
     let upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")];
     let key = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
-    for version in [Some("8"), Some("13, 8"), None] {
+    for versions in [&["8"][..], &["13, 8"], &[], &["13", "8"]] {
         let mut headers = vec![upgrade[0], upgrade[1], key];
-        headers.extend(version.map(|v| ("Sec-WebSocket-Version", v)));
+        headers.extend(versions.iter().map(|v| ("Sec-WebSocket-Version", *v)));
         let resp = http_full(server.addr, "GET", "/ws", &headers, b"").await;
-        assert_eq!(resp.status, 426, "{version:?}: {}", resp.body);
+        assert_eq!(resp.status, 426, "{versions:?}: {}", resp.body);
         assert_eq!(
             resp.header("sec-websocket-version"),
             Some("13"),
-            "{version:?}"
+            "{versions:?}"
         );
+        assert_eq!(resp.header("upgrade"), Some("websocket"), "{versions:?}");
         assert!(resp.body.contains("version 13"), "{}", resp.body);
     }
     // The key must be base64 of 16 bytes, and only one.
@@ -488,7 +518,7 @@ async fn a_request_body_that_stops_arriving_gets_408() {
     let mut sock = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     // The head promises 100 bytes of body; 10 arrive, then nothing.
     sock.write_all(
-        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"channel\"",
+        b"POST /api/publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"channel\"",
     )
     .await
     .unwrap();

@@ -26,7 +26,9 @@ wshub — WebSocket broadcast hub (go-ws compatible)
 USAGE: wshub [OPTIONS]
 
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
-  --api-key KEY               require `Authorization: Bearer KEY` on /api/* [env: WSHUB_API_KEY]
+  --api-key KEY               require `Authorization: Bearer KEY` on /api/* and /metrics; without
+                              a key they answer only requests to an IP address or localhost
+                              [env: WSHUB_API_KEY]
   --client-publish PATTERN    let clients publish to PATTERN: a channel name, or a prefix
                               ending in `*` such as `chat:*` (repeatable) [default: none]
   --heartbeat SECS            ping interval [default: 30]
