@@ -1246,13 +1246,37 @@ impl Hub {
             Ok(j) if !j.added => {
                 // Already subscribed and receiving live: nothing to recover or hold (replaying
                 // would duplicate). Answered as the in-memory hub does: the channel's position,
-                // and `recovered:false` to a resume, since nothing is replayed.
+                // and `recovered:false` to a resume, since nothing is replayed. The position is
+                // what this client has been sent: the live one, or further if its recovery
+                // read went further; answered under the channel's lock, so no live delivery
+                // falls between them. Only without a live position yet is it read.
+                let resume = since.as_ref().map(|(from, _)| (*from, false));
+                {
+                    let st = lock();
+                    if let Some(last) = st
+                        .last
+                        .as_ref()
+                        .filter(|l| l.live && l.instance == j.instance)
+                    {
+                        let caught = st
+                            .caught_up_to
+                            .iter()
+                            .find(|(c, _)| *c == client.id)
+                            .map_or(0, |&(_, offset)| offset);
+                        let _ = client.outbox.push_data(crate::message::subscribed_frame(
+                            &channel,
+                            resume,
+                            &last.epoch,
+                            last.offset.max(caught),
+                        ));
+                        return None;
+                    }
+                }
                 let read = broker
                     .read_history(&channel, 0, 0, config.history_size, config.history_ttl)
                     .await;
                 return match read {
                     Ok(stored) => {
-                        let resume = since.as_ref().map(|(from, _)| (*from, false));
                         let epoch = stored.epoch.unwrap_or_default();
                         let _ = client.outbox.push_data(crate::message::subscribed_frame(
                             &channel,
