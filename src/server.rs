@@ -784,7 +784,7 @@ async fn metrics(hub: &Hub) -> Response<Body> {
     let c = hub.counters();
     let b = c.broker;
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let rows: [(&str, &str, &str, u64); 20] = [
+    let rows: [(&str, &str, &str, u64); 21] = [
         (
             "clients",
             "gauge",
@@ -862,6 +862,12 @@ async fn metrics(hub: &Hub) -> Response<Body> {
             "counter",
             "Times this node missed broker publications on a history channel and closed its subscribers (1012) to resume.",
             c.history_gaps,
+        ),
+        (
+            "history_unavailable_total",
+            "counter",
+            "Subscribes on a history channel closed with 1013 because the broker could not read the history.",
+            c.history_unavailable,
         ),
         (
             "remote_rejected_total",

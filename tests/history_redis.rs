@@ -689,11 +689,13 @@ async fn a_resume_the_broker_cannot_answer_is_closed_with_1013_and_recovers_late
             "{since:?}"
         );
     }
+    assert_eq!(a.hub.counters().history_unavailable, 2);
     redis
         .query(&["RENAME", "aside", "wshub:s:feed:u"])
         .await
         .unwrap();
     resume_recovers(&a, "feed:u", &epoch, &[]).await;
+    assert_eq!(a.hub.counters().history_unavailable, 2);
     a.stop().await;
 }
 

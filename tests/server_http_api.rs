@@ -372,8 +372,9 @@ async fn metrics_are_in_the_prometheus_text_format() {
     assert_eq!(samples["wshub_connections_total"], 2);
     assert_eq!(samples["wshub_broker_shards"], 0);
     assert_eq!(samples["wshub_history_gaps_total"], 0);
+    assert_eq!(samples["wshub_history_unavailable_total"], 0);
     assert_eq!(samples["wshub_remote_rejected_total"], 0);
-    assert_eq!(samples.len(), 20);
+    assert_eq!(samples.len(), 21);
     let (status, _) = http(server.addr, "POST", "/metrics", &[], b"").await;
     assert_eq!(status, 405);
     drop((a, b));

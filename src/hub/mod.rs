@@ -233,6 +233,10 @@ pub struct Counters {
     /// keeps (its broker subscription was lost for a while) and closed that channel's
     /// subscribers with 1012, so that they resume and recover them.
     pub history_gaps: u64,
+    /// Subscribes on a channel whose history the broker keeps that could not be answered
+    /// because the history could not be read (the broker was unreachable): each closed its
+    /// connection with 1013, to resume later.
+    pub history_unavailable: u64,
     /// Messages from the broker that this node would have delivered but did not, because no
     /// wshub node could have sent them: not UTF-8, or larger than a client's queue bound. On a
     /// channel with history such a message keeps its offset (a resume across it is answered
@@ -255,6 +259,7 @@ struct AtomicCounters {
     socket_writes: AtomicU64,
     frames_written: AtomicU64,
     history_gaps: AtomicU64,
+    history_unavailable: AtomicU64,
     remote_rejected: AtomicU64,
 }
 
@@ -924,6 +929,13 @@ impl Hub {
     /// history (or tells them plainly that it cannot). Called under the channel's remote-state
     /// lock, so no live publication slips in before the closes.
     #[cfg(feature = "redis")]
+    fn count_unavailable(&self) {
+        self.inner
+            .counters
+            .history_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn history_gap(&self, channel: &str, st: &mut history::RemoteState) {
         self.inner
             .counters
@@ -1287,6 +1299,7 @@ impl Hub {
                         None
                     }
                     Err(e) => {
+                        self.count_unavailable();
                         close_unavailable(&client);
                         Some(format!("history unavailable: {e}"))
                     }
@@ -1382,6 +1395,7 @@ impl Hub {
             // No position to answer with: neither `recovered:false` (the history may be
             // intact) nor a made-up epoch and offset. The client reconnects and resumes later.
             tracing::debug!(channel, client = client.id, "{reason}");
+            self.count_unavailable();
             close_unavailable(&client);
             return error;
         }
@@ -1772,6 +1786,7 @@ impl Hub {
             socket_writes: get(&c.socket_writes),
             frames_written: get(&c.frames_written),
             history_gaps: get(&c.history_gaps),
+            history_unavailable: get(&c.history_unavailable),
             remote_rejected: get(&c.remote_rejected),
             broker: self
                 .inner
