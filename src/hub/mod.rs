@@ -923,12 +923,7 @@ impl Hub {
             .channel(name, |c| self.inner.channels.get(c).is_some())
     }
 
-    /// This node missed publications on `channel` (a broker-history channel): its
-    /// subscribers get what is already queued, then close code 1012, and resume from their
-    /// last offset on reconnect, which recovers the missed publications from the stored
-    /// history (or tells them plainly that it cannot). Called under the channel's remote-state
-    /// lock, so no live publication slips in before the closes.
-    #[cfg(feature = "redis")]
+    /// Counts a subscribe closed with 1013 because the history could not be read.
     fn count_unavailable(&self) {
         self.inner
             .counters
@@ -936,6 +931,12 @@ impl Hub {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// This node missed publications on `channel` (a broker-history channel): its
+    /// subscribers get what is already queued, then close code 1012, and resume from their
+    /// last offset on reconnect, which recovers the missed publications from the stored
+    /// history (or tells them plainly that it cannot). Called under the channel's remote-state
+    /// lock, so no live publication slips in before the closes.
+    #[cfg(feature = "redis")]
     fn history_gap(&self, channel: &str, st: &mut history::RemoteState) {
         self.inner
             .counters
