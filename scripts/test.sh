@@ -44,7 +44,8 @@ check_features() {
   local combos=("" "server" "client" "redis")
   local out
   for f in "${combos[@]}"; do
-    out=$(cargo check --lib --bins --no-default-features ${f:+--features "$f"} --message-format short 2>&1)
+    # A build error must reach the grep below (and be printed), not end the script silently.
+    out=$(cargo check --lib --bins --no-default-features ${f:+--features "$f"} --message-format short 2>&1) || true
     if grep -qE '^(src|warning|error)' <<<"$out"; then
       echo "features [$f]:"; echo "$out"; return 1
     fi
