@@ -331,13 +331,9 @@ impl Future for Connection {
 /// this server speaks; the key must be base64 of 16 bytes (24 characters ending in `==`).
 fn check_handshake_fields(headers: &http::HeaderMap) -> Option<Response<Body>> {
     let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
-    let version = match (versions.next(), versions.next()) {
-        (Some(v), None) => Some(v.as_bytes()),
-        (None, _) => None,
-        (Some(_), Some(_)) => Some(&b"(several)"[..]),
-    };
-    if version != Some(b"13") {
-        let reason = match version {
+    let (first, second) = (versions.next(), versions.next());
+    if !matches!((first, second), (Some(v), None) if v == "13") {
+        let reason = match first {
             None => "missing Sec-WebSocket-Version header (this server speaks version 13)",
             Some(_) => "unsupported WebSocket version (this server speaks version 13)",
         };

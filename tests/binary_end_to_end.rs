@@ -311,6 +311,21 @@ async fn ws_with(url: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
     }
 }
 
+/// `POST /api/publish` to `channel` on the server at `addr`, whose API key is `k3y`: refused
+/// (401) with the `wrong` Authorization header (none if `None`), published with the key;
+/// `ws`, subscribed to `channel`, gets that publication only.
+async fn api_key_guards_publish(addr: SocketAddr, wrong: Option<&str>, channel: &str, ws: &mut Ws) {
+    let body = format!(r#"{{"channel":"{channel}","data":"keyed"}}"#);
+    let mut headers = vec![JSON];
+    headers.extend(wrong.map(|w| ("Authorization", w)));
+    let (status, _) = http(addr, "POST", "/api/publish", &headers, body.as_bytes()).await;
+    assert_eq!(status, 401);
+    let auth = ("Authorization", "Bearer k3y");
+    let (status, reply) = http(addr, "POST", "/api/publish", &[JSON, auth], body.as_bytes()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(recv_json(ws).await["data"], "keyed");
+}
+
 #[tokio::test]
 async fn the_binarys_security_flags_and_environment_take_effect() {
     let addr = free_addr();
@@ -364,13 +379,7 @@ async fn the_binarys_security_flags_and_environment_take_effect() {
     assert!(error.contains("longer than 8 characters"), "{error}");
     subscribe(&mut ws, "eight:ch").await;
     // The API key from WSHUB_API_KEY guards the HTTP API.
-    let body = br#"{"channel":"eight:ch","data":1}"#;
-    let (status, _) = http(addr, "POST", "/api/publish", &[JSON], body).await;
-    assert_eq!(status, 401);
-    let auth = ("Authorization", "Bearer k3y");
-    let (status, reply) = http(addr, "POST", "/api/publish", &[JSON, auth], body).await;
-    assert_eq!(status, 200, "{reply}");
-    assert_eq!(recv_json(&mut ws).await["data"], 1);
+    api_key_guards_publish(addr, None, "eight:ch", &mut ws).await;
     close(ws).await;
 }
 
@@ -407,14 +416,7 @@ async fn the_client_publish_and_api_key_flags_take_effect() {
     .await;
     let error = recv_error(&mut ws).await;
     assert!(error.contains("not allowed to publish"), "{error}");
-    let body = br#"{"channel":"news","data":2}"#;
-    let wrong = ("Authorization", "Bearer nope");
-    let (status, _) = http(addr, "POST", "/api/publish", &[JSON, wrong], body).await;
-    assert_eq!(status, 401);
-    let right = ("Authorization", "Bearer k3y");
-    let (status, reply) = http(addr, "POST", "/api/publish", &[JSON, right], body).await;
-    assert_eq!(status, 200, "{reply}");
-    assert_eq!(recv_json(&mut ws).await["data"], 2);
+    api_key_guards_publish(addr, Some("Bearer nope"), "news", &mut ws).await;
     close(ws).await;
 }
 

@@ -27,6 +27,16 @@ fn upgrade_request(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     req.into_bytes()
 }
 
+/// A server whose clients are limited to `limit`, and the log of their disconnects.
+async fn rate_limited(limit: RateLimit) -> (TestServer, DisconnectLog) {
+    let log = DisconnectLog::default();
+    let hub = log
+        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(limit))))
+        .build()
+        .unwrap();
+    (TestServer::start(hub).await, log)
+}
+
 async fn connect_with(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Ws {
     let mut req = format!("ws://{}{path}", server.addr)
         .into_client_request()
@@ -292,12 +302,7 @@ async fn connections_beyond_the_limit_get_503_until_a_slot_frees() {
 
 #[tokio::test]
 async fn a_client_over_its_rate_gets_errors_then_close_1008() {
-    let log = DisconnectLog::default();
-    let hub = log
-        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(RateLimit::new(5, 5)))))
-        .build()
-        .unwrap();
-    let server = TestServer::start(hub).await;
+    let (server, log) = rate_limited(RateLimit::new(5, 5)).await;
     let (mut raw, id) = server.raw_client().await; // its sync used one token
                                                    // 24 pings in one write: they arrive within milliseconds, far above 5 per second.
     let mut burst = Vec::new();
@@ -339,12 +344,7 @@ async fn a_client_over_its_rate_gets_errors_then_close_1008() {
 
 #[tokio::test]
 async fn a_ping_frame_flood_is_rate_limited_unanswered_then_closed_1008() {
-    let log = DisconnectLog::default();
-    let hub = log
-        .install(Hub::builder().config(HubConfig::default().rate_limit(Some(RateLimit::new(1, 5)))))
-        .build()
-        .unwrap();
-    let server = TestServer::start(hub).await;
+    let (server, log) = rate_limited(RateLimit::new(1, 5)).await;
     let (mut raw, id) = server.raw_client().await; // its sync used one token
                                                    // 24 WebSocket-level pings (opcode 9) in one write, each with its own payload.
     let mut burst = Vec::new();

@@ -496,24 +496,8 @@ impl Model {
                     let frame = frames.into_iter().next().unwrap();
                     assert!(frame.len() <= self.max_bytes);
                     self.counters.published += 1;
-                    let mut expected = PublishReport::default();
-                    expected.enqueued = 1; // the probe
-                    let mut slow = 0;
-                    for i in self.recipients(channel) {
-                        match self.push(i, &frame) {
-                            Outcome::Queued => expected.enqueued += 1,
-                            Outcome::Dropped => expected.dropped += 1,
-                            Outcome::SlowConsumer => {
-                                expected.disconnected += 1;
-                                slow += 1;
-                            }
-                            Outcome::Closed => expected.disconnected += 1,
-                        }
-                    }
-                    assert_eq!(report, expected, "publish report ({channel:?})");
-                    self.counters.delivered += expected.enqueued as u64;
-                    self.counters.dropped += expected.dropped as u64;
-                    self.counters.slow_consumer_disconnects += slow;
+                    let recipients = self.recipients(channel);
+                    self.check_delivery(channel, recipients, &frame, report);
                     return;
                 }
                 Err(e) => panic!("publish of a {shortest}..={longest} byte frame: {e:?}"),
@@ -548,11 +532,24 @@ impl Model {
         probe.disconnect_detached();
         self.counters.disconnections += 1;
 
+        self.check_delivery(channel, recipients, &frame, report);
+    }
+
+    /// The model side of a publish's fan-out of `frame` to `recipients` (plus the probe,
+    /// which got it): each push as `Outbox::push_data` would decide, the real `report`
+    /// checked against it, the counters updated.
+    fn check_delivery(
+        &mut self,
+        channel: Option<&str>,
+        recipients: Vec<usize>,
+        frame: &Bytes,
+        report: PublishReport,
+    ) {
         let mut expected = PublishReport::default();
         expected.enqueued = 1; // the probe
         let mut slow = 0;
         for i in recipients {
-            match self.push(i, &frame) {
+            match self.push(i, frame) {
                 Outcome::Queued => expected.enqueued += 1,
                 Outcome::Dropped => expected.dropped += 1,
                 Outcome::SlowConsumer => {

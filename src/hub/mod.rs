@@ -42,29 +42,28 @@ use registry::Registry;
 const GAP_REASON: &str = "missed publications: reconnect and resume to recover them";
 /// The close reason when a subscribe on a history channel cannot be answered.
 const UNAVAILABLE_REASON: &str = "history unavailable: reconnect later and resume";
-/// Closes `client` with 1012 after what is already queued: it missed publications on a
-/// broker-history channel and recovers them when it resumes.
-fn close_for_gap(client: &ClientShared) {
+/// Closes `client` with `code` and `reason` after what is already queued, so that it
+/// reconnects and resumes.
+fn close_to_resume(client: &ClientShared, code: u16, reason: &'static str) {
     client.outbox.request_close(
-        frame::close_frame(close_code::SERVICE_RESTART, GAP_REASON),
+        frame::close_frame(code, reason),
         false,
         DisconnectReason::Closed {
-            code: close_code::SERVICE_RESTART,
-            reason: GAP_REASON.to_owned(),
+            code,
+            reason: reason.to_owned(),
         },
     );
 }
 
+/// Closes `client` with 1012: it missed publications on a broker-history channel and
+/// recovers them when it resumes.
+fn close_for_gap(client: &ClientShared) {
+    close_to_resume(client, close_code::SERVICE_RESTART, GAP_REASON);
+}
+
 /// Closes a client whose subscribe on a history channel cannot be answered (1013).
 fn close_unavailable(client: &ClientShared) {
-    client.outbox.request_close(
-        frame::close_frame(close_code::TRY_AGAIN_LATER, UNAVAILABLE_REASON),
-        false,
-        DisconnectReason::Closed {
-            code: close_code::TRY_AGAIN_LATER,
-            reason: UNAVAILABLE_REASON.to_owned(),
-        },
-    );
+    close_to_resume(client, close_code::TRY_AGAIN_LATER, UNAVAILABLE_REASON);
 }
 
 /// After the broker re-subscribed, how long publications already on their way get to arrive
