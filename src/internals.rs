@@ -35,9 +35,18 @@ impl Client {
             outbox.take(&mut out, false, Waker::noop(), false),
             Take::Close(_)
         );
-        let bytes = out.iter().map(Bytes::len).sum();
-        outbox.written(bytes, out.len());
-        (out.into(), closed)
+        let bytes = out.iter().map(|c| c.len()).sum();
+        let frames = out.iter().map(|c| c.frames as usize).sum();
+        outbox.written(bytes, frames);
+        // A chunk of several frames (published together) is split into its frames.
+        let mut split = Vec::with_capacity(frames);
+        for chunk in out {
+            let mut rest = chunk.bytes;
+            while !rest.is_empty() {
+                split.push(rest.split_to(crate::frame::first_frame_len(&rest)));
+            }
+        }
+        (split, closed)
     }
 
     /// Drops the client's connection at once, without a close frame (as a network failure

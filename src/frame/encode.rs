@@ -101,6 +101,68 @@ pub fn encode_with(opcode: OpCode, size_hint: usize, write: impl FnOnce(&mut Byt
     buf.freeze()
 }
 
+/// Appends one unmasked FIN frame to `buf`, its payload written by `write` (which must only
+/// append); returns the frame's length. Several frames appended to one buffer are written to
+/// a socket as one piece. The header's size is guessed from `size_hint` (the expected payload
+/// length); a wrong guess costs one move of the payload.
+///
+/// # Panics
+///
+/// Panics if `write` shrinks the buffer below its length on entry plus the header space.
+#[track_caller]
+pub(crate) fn append_with(
+    buf: &mut BytesMut,
+    opcode: OpCode,
+    size_hint: usize,
+    write: impl FnOnce(&mut BytesMut),
+) -> usize {
+    let start = buf.len();
+    let guess = server_frame_len(size_hint) - size_hint;
+    buf.reserve(guess.saturating_add(size_hint));
+    buf.resize(start + guess, 0);
+    write(buf);
+    assert!(
+        buf.len() >= start + guess,
+        "append_with: the write closure must only append to the buffer"
+    );
+    let payload_len = buf.len() - start - guess;
+    let mut header = [0u8; MAX_HEADER];
+    let used = write_header(&mut header, 0x80 | opcode as u8, payload_len, None);
+    if used > guess {
+        buf.resize(buf.len() + used - guess, 0);
+        buf.copy_within(start + guess..start + guess + payload_len, start + used);
+    } else if used < guess {
+        buf.copy_within(start + guess.., start + used);
+        buf.truncate(start + used + payload_len);
+    }
+    buf[start..start + used].copy_from_slice(&header[..used]);
+    used + payload_len
+}
+
+/// The length of the unmasked frame at the start of `frames` (as [`encode_with`] and
+/// [`append_with`] write them); at most `frames.len()`, and all of a piece too short for a
+/// header.
+pub(crate) fn first_frame_len(frames: &[u8]) -> usize {
+    let (header, len): (usize, usize) = match frames.get(1).map(|b| b & 0x7F) {
+        Some(126) => (
+            4,
+            frames
+                .get(2..4)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize),
+        ),
+        Some(127) => (
+            10,
+            frames.get(2..10).map_or(0, |b| {
+                usize::try_from(u64::from_be_bytes(b.try_into().unwrap_or_default()))
+                    .unwrap_or(usize::MAX)
+            }),
+        ),
+        Some(n) => (2, usize::from(n)),
+        None => return frames.len(),
+    };
+    header.saturating_add(len).min(frames.len())
+}
+
 /// Encodes `payload` as a single unmasked FIN frame.
 ///
 /// Control frames (close, ping, pong) must carry at most 125 bytes; this
@@ -225,6 +287,32 @@ pub fn encode_masked(opcode_bits: u8, fin: bool, rsv: u8, payload: &[u8], key: [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appended_frames_equal_encoded_ones_whatever_the_size_hint() {
+        let sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000];
+        for &len in &sizes {
+            for &hint in &sizes {
+                let payload: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+                let mut buf = BytesMut::from(&b"before"[..]);
+                let n = append_with(&mut buf, OpCode::Text, hint, |b| {
+                    b.extend_from_slice(&payload)
+                });
+                let frame = encode(OpCode::Text, &payload);
+                assert_eq!(n, frame.len(), "len {len} hint {hint}");
+                assert_eq!(&buf[..6], b"before");
+                assert_eq!(&buf[6..], &frame[..], "len {len} hint {hint}");
+                assert_eq!(first_frame_len(&buf[6..]), frame.len());
+                // Followed by another frame, the first one's length is still found.
+                append_with(&mut buf, OpCode::Text, 3, |b| b.extend_from_slice(b"abc"));
+                assert_eq!(first_frame_len(&buf[6..]), frame.len());
+                assert_eq!(first_frame_len(&buf[6 + frame.len()..]), 5);
+            }
+        }
+        assert_eq!(first_frame_len(&[]), 0);
+        assert_eq!(first_frame_len(&[0x81]), 1);
+        assert_eq!(first_frame_len(&[0x81, 10, 1]), 3, "never past the end");
+    }
 
     #[test]
     fn encode_with_header_sizes() {

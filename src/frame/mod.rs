@@ -26,7 +26,7 @@ mod encode;
 mod mask;
 
 pub use codec::Decoder;
-pub(crate) use encode::server_frame_len;
+pub(crate) use encode::{append_with, first_frame_len, server_frame_len};
 pub use encode::{
     close_frame, encode, encode_masked, encode_with, payload, ping_frame, pong_frame, MAX_HEADER,
 };

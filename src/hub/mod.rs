@@ -651,10 +651,9 @@ impl Hub {
         channel: &str,
         message: &Message,
     ) -> Result<PublishReport, PublishError> {
-        self.accepting()?;
+        self.check_publish(channel)?;
         let config = &self.inner.config;
         // With a broker, history lives in the broker: a local-only publish is not part of it.
-        validate_channel_name(channel, config.max_channel_name_len)?;
         if config.has_history(channel) && !self.has_broker() {
             return self.publish_with_history(channel, message);
         }
@@ -667,6 +666,50 @@ impl Hub {
             return Ok(PublishReport::default());
         };
         Ok(self.deliver_to(&ch.members.load(), &frame))
+    }
+
+    /// Whether a client's publish on `channel` may join a batch ([`crate::session`]): it is
+    /// delivered on this node only, without a position.
+    pub(crate) fn batches(&self, channel: &str) -> bool {
+        !self.has_broker() && !self.inner.config.has_history(channel)
+    }
+
+    /// What [`Hub::publish_local`] checks before it encodes a message.
+    pub(crate) fn check_publish(&self, channel: &str) -> Result<(), PublishError> {
+        self.accepting()?;
+        validate_channel_name(channel, self.inner.config.max_channel_name_len)?;
+        Ok(())
+    }
+
+    /// Whether `other` is a handle to this hub.
+    pub(crate) fn same_hub(&self, other: &Hub) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Delivers the frames of a batch of publishes on `channel` (`frames`, each ending at its
+    /// offset in `ends`) to this node's subscribers, exactly as publishing them one by one
+    /// would, with one chunk per subscriber when they fit its queue.
+    pub(crate) fn deliver_batch(&self, channel: &str, frames: &Bytes, ends: &[u32]) {
+        let c = &self.inner.counters;
+        c.published.fetch_add(ends.len() as u64, Ordering::Relaxed);
+        let Some(ch) = self.inner.channels.get(channel) else {
+            return;
+        };
+        let (mut delivered, mut dropped, mut slow) = (0, 0, 0);
+        for client in ch.members.load().iter() {
+            let outcome = client.outbox.push_batch(frames, ends);
+            delivered += outcome.queued as u64;
+            dropped += outcome.dropped as u64;
+            slow += u64::from(outcome.slow_consumer);
+        }
+        c.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if dropped > 0 {
+            c.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        if slow > 0 {
+            c.slow_consumer_disconnects
+                .fetch_add(slow, Ordering::Relaxed);
+        }
     }
 
     /// A publish on a channel whose history the broker keeps: the broker assigns the offset,
@@ -1541,7 +1584,7 @@ impl Hub {
     /// Refuses a frame of `size` bytes that no client's queue could hold
     /// (`max_queued_bytes`): queued, it would disconnect (or be dropped for) every recipient
     /// as a slow consumer.
-    fn check_size(&self, size: usize) -> Result<(), PublishError> {
+    pub(crate) fn check_size(&self, size: usize) -> Result<(), PublishError> {
         let limit = self.inner.config.max_queued_bytes;
         if size > limit {
             return Err(PublishError::TooLarge { size, limit });
@@ -2066,7 +2109,7 @@ mod tests {
                 let mut out = VecDeque::new();
                 c.outbox.take(&mut out, false, Waker::noop(), false);
                 assert_eq!(out.len(), 1);
-                out.pop_front().unwrap()
+                out.pop_front().unwrap().bytes
             })
             .collect();
         // One encoding: the three handles point into the same buffer.

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::time::SystemTime;
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::{self, OpCode};
 use json::JsonError;
@@ -285,6 +285,19 @@ impl Message {
     /// Encodes the message once into a complete, unmasked text frame.
     pub(crate) fn encode_frame(&self, channel: Option<&str>, timestamp: SystemTime) -> Bytes {
         self.encode_frame_at(channel, timestamp, None)
+    }
+
+    /// Like [`Message::encode_frame`], appending the frame to `buf` (see
+    /// [`frame::append_with`]); returns the frame's length.
+    pub(crate) fn append_frame(
+        &self,
+        buf: &mut BytesMut,
+        channel: Option<&str>,
+        timestamp: SystemTime,
+    ) -> usize {
+        frame::append_with(buf, OpCode::Text, self.size_hint() + 48, |b| {
+            self.write_json_at(b, channel, timestamp, None);
+        })
     }
 
     /// Like [`Message::encode_frame`], with the publication's position on a history channel.

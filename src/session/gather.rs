@@ -14,8 +14,9 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use tokio::io::AsyncWrite;
+
+use super::outbox::Chunk;
 
 /// Segments of one vectored write at most (Linux allows 1024 iovecs).
 const MAX_IOV: usize = 512;
@@ -48,7 +49,7 @@ enum Segment {
 pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
     io: &mut S,
     cx: &mut Context<'_>,
-    frames: &VecDeque<Bytes>,
+    frames: &VecDeque<Chunk>,
 ) -> Poll<io::Result<usize>> {
     if frames.len() == 1 {
         return Pin::new(io).poll_write(cx, &frames[0]);
@@ -76,7 +77,7 @@ const FEW: usize = 16;
 fn write_segments<S: AsyncWrite + Unpin, const N: usize>(
     io: &mut S,
     cx: &mut Context<'_>,
-    frames: &VecDeque<Bytes>,
+    frames: &VecDeque<Chunk>,
     bytes: &[u8],
     segments: &[Segment],
 ) -> Poll<io::Result<usize>> {
@@ -92,7 +93,7 @@ fn write_segments<S: AsyncWrite + Unpin, const N: usize>(
 
 /// Splits the front of `frames` into `segments`, copying runs of small frames into `scratch`.
 /// The segments cover a prefix of `frames`, in order, in at most [`MAX_IOV`] segments.
-fn plan(frames: &VecDeque<Bytes>, scratch: &mut Vec<u8>, segments: &mut Vec<Segment>) {
+fn plan(frames: &VecDeque<Chunk>, scratch: &mut Vec<u8>, segments: &mut Vec<Segment>) {
     scratch.clear();
     segments.clear();
     // The open run of small frames: its first frame and its start in `scratch`.
@@ -134,10 +135,12 @@ fn plan(frames: &VecDeque<Bytes>, scratch: &mut Vec<u8>, segments: &mut Vec<Segm
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     /// The bytes the segments stand for, concatenated, and how many frames they cover.
-    fn planned(frames: &VecDeque<Bytes>) -> (Vec<u8>, usize, usize) {
+    fn planned(frames: &VecDeque<Chunk>) -> (Vec<u8>, usize, usize) {
         let mut scratch = Vec::new();
         let mut segments = Vec::new();
         plan(frames, &mut scratch, &mut segments);
@@ -151,15 +154,15 @@ mod tests {
         (bytes, segments.len(), scratch.len())
     }
 
-    fn frames(sizes: &[usize]) -> VecDeque<Bytes> {
+    fn frames(sizes: &[usize]) -> VecDeque<Chunk> {
         sizes
             .iter()
             .enumerate()
-            .map(|(i, &len)| Bytes::from(vec![i as u8; len]))
+            .map(|(i, &len)| Chunk::one(Bytes::from(vec![i as u8; len])))
             .collect()
     }
 
-    fn concat(frames: &VecDeque<Bytes>, count: usize) -> Vec<u8> {
+    fn concat(frames: &VecDeque<Chunk>, count: usize) -> Vec<u8> {
         frames.iter().take(count).flat_map(|f| f.to_vec()).collect()
     }
 

@@ -6,6 +6,7 @@
 //! single timer. Reading and writing never wait for each other, and no task other than this one
 //! touches the socket, so concurrent writes are impossible by construction.
 
+mod batch;
 mod gather;
 pub(crate) mod outbox;
 
@@ -28,7 +29,7 @@ use crate::hub::client::ClientShared;
 use crate::hub::{ChannelAction, Hub, IncomingMessage};
 use crate::message::parse::{self, Request};
 use crate::message::{Json, Message};
-use outbox::Take;
+use outbox::{Chunk, Take};
 
 /// A deterministic pseudo-random source for the randomized tests (xorshift64, so a failure
 /// replays): each call returns a value below its argument.
@@ -168,7 +169,7 @@ pub(crate) struct Session<S> {
     /// Inbound bytes not yet decoded; empty and unallocated while idle.
     rbuf: BytesMut,
     /// Frames taken from the outbox, in send order; the front one may be partly written.
-    inflight: VecDeque<Bytes>,
+    inflight: VecDeque<Chunk>,
     /// Whether the front of `inflight` is partly written.
     front_partial: bool,
     /// Bytes were written since the last flush.
@@ -451,6 +452,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Some(Held::Violation(e)) => self.violation(&e),
             Some(Held::Eof) => self.on_eof()?,
         }
+        batch::flush();
         Ok(progress || released)
     }
 
@@ -555,6 +557,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             }
         }
+        batch::flush();
     }
 
     /// The end of the stream (once the requests before it are done).
@@ -570,6 +573,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// A protocol violation (once the requests before it are done).
     fn violation(&mut self, e: &ProtocolError) {
+        batch::flush();
         self.hub.count_protocol_error();
         self.fail_fast = true;
         // Graceful: replies to the messages that arrived before the violation still go out,
@@ -585,6 +589,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn on_frame(&mut self, frame: Frame) {
+        if !matches!(frame, Frame::Text(_)) {
+            batch::flush();
+        }
         match frame {
             Frame::Ping(payload) => {
                 if self.admit(1.0) {
@@ -643,6 +650,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return;
         }
         let parsed = parse::parse(payload);
+        // Publishes in a row on one channel join a batch; anything else comes after it.
+        if !matches!(&parsed, Ok(Request::Publish { channel, .. })
+            if self.pending.is_none() && self.hub.batches(channel))
+        {
+            batch::flush();
+        }
         if self.pending.is_some() {
             let config = self.hub.config();
             let pipelined = matches!(&parsed, Ok(Request::Publish { channel, .. })
@@ -702,6 +715,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// An error reply to a request, after the replies of the broker requests still in flight.
     fn answer_error(&mut self, reason: String) {
+        batch::flush();
         match &mut self.pending {
             Some(p) => {
                 p.queue.push_back((None, Some(reason), 0));
@@ -764,6 +778,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(data) = data {
             message = message.with_data(Json::parse(data.get()).map_err(|e| e.to_string())?);
         }
+        if self.pending.is_none() && self.hub.batches(channel) {
+            return batch::publish(&self.hub, self.client.id, channel, &message)
+                .map_err(|e| e.to_string());
+        }
         if !self.hub.has_broker() {
             return self
                 .hub
@@ -806,6 +824,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reply(&self, message: &Message) {
+        batch::flush();
         let _ = self
             .client
             .outbox
@@ -959,10 +978,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             if left >= front.len() {
                 left -= front.len();
-                frames += 1;
+                frames += front.frames as usize;
                 self.inflight.pop_front();
             } else {
-                front.advance(left);
+                front.bytes.advance(left);
                 left = 0;
                 self.front_partial = true;
             }

@@ -48,6 +48,46 @@ pub(crate) enum Take {
     Abort(DisconnectReason),
 }
 
+/// A piece of the queue: one whole frame, or several consecutive frames published together
+/// ([`Outbox::push_batch`]), written as one piece. `frames` counts them for the frame bound and
+/// the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Chunk {
+    pub(crate) bytes: Bytes,
+    pub(crate) frames: u32,
+}
+
+impl Chunk {
+    pub(crate) fn one(bytes: Bytes) -> Self {
+        Chunk { bytes, frames: 1 }
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl PartialEq<Bytes> for Chunk {
+    fn eq(&self, other: &Bytes) -> bool {
+        self.frames == 1 && self.bytes == *other
+    }
+}
+
+/// What [`Outbox::push_batch`] did with a batch's frames, counted in frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BatchOutcome {
+    pub(crate) queued: usize,
+    pub(crate) dropped: usize,
+    /// Frames refused because the client is closing, or because this batch disconnected it.
+    pub(crate) refused: usize,
+    /// This batch started a slow-consumer disconnect.
+    pub(crate) slow_consumer: bool,
+}
+
 struct CloseRequest {
     frame: Bytes,
     abandon: bool,
@@ -69,7 +109,7 @@ enum Phase {
 
 struct State {
     /// Data frames not yet taken by the writer.
-    data: VecDeque<Bytes>,
+    data: VecDeque<Chunk>,
     /// Control frames (ping, pong) not yet taken; sent before queued data.
     control: VecDeque<Bytes>,
     /// Bytes queued here or taken by the writer and not yet written (control frames included).
@@ -182,13 +222,53 @@ impl Outbox {
             st.pending_drops = 0;
             st.bytes += n.len();
             st.frames += 1;
-            st.data.push_back(n);
+            st.data.push_back(Chunk::one(n));
         }
         st.bytes += frame.len();
         st.frames += 1;
-        st.data.push_back(frame);
+        st.data.push_back(Chunk::one(frame));
         self.wake_writer(st);
         Enqueue::Queued
+    }
+
+    /// Queues the frames of `batch`, which ends them at the offsets `ends` (ascending, the
+    /// last one `batch.len()`), exactly as pushing them one by one with
+    /// [`Outbox::push_data`] would; when they all fit, as one chunk, under one lock and with
+    /// one wake-up.
+    pub(crate) fn push_batch(&self, batch: &Bytes, ends: &[u32]) -> BatchOutcome {
+        let mut out = BatchOutcome::default();
+        {
+            let mut st = self.lock();
+            if !matches!(st.phase, Phase::Open) {
+                out.refused = ends.len();
+                return out;
+            }
+            if st.pending_drops == 0 && self.fits(&st, batch.len(), ends.len()) {
+                st.bytes += batch.len();
+                st.frames += ends.len();
+                st.data.push_back(Chunk {
+                    bytes: batch.clone(),
+                    frames: ends.len() as u32,
+                });
+                self.wake_writer(st);
+                out.queued = ends.len();
+                return out;
+            }
+        }
+        let mut start = 0;
+        for &end in ends {
+            match self.push_data(batch.slice(start as usize..end as usize)) {
+                Enqueue::Queued => out.queued += 1,
+                Enqueue::Dropped => out.dropped += 1,
+                Enqueue::SlowConsumer => {
+                    out.slow_consumer = true;
+                    out.refused += 1;
+                }
+                Enqueue::Closed => out.refused += 1,
+            }
+            start = end;
+        }
+        out
     }
 
     fn overflow(&self, mut st: MutexGuard<'_, State>) -> Enqueue {
@@ -221,7 +301,7 @@ impl Outbox {
         }
         if is_pong(&frame) && st.control.iter().filter(|f| is_pong(f)).count() >= MAX_PENDING_PONGS
         {
-            if let Some(i) = st.control.iter().position(is_pong) {
+            if let Some(i) = st.control.iter().position(|f| is_pong(f)) {
                 if let Some(old) = st.control.remove(i) {
                     st.bytes -= old.len();
                     st.frames -= 1;
@@ -283,7 +363,7 @@ impl Outbox {
     /// abandoning close are taken, and the waker is always registered.
     pub(crate) fn take(
         &self,
-        out: &mut VecDeque<Bytes>,
+        out: &mut VecDeque<Chunk>,
         keep_front: bool,
         waker: &Waker,
         urgent_only: bool,
@@ -302,7 +382,7 @@ impl Outbox {
             }
         }
         let first = usize::from(keep_front && !out.is_empty());
-        if st.control.iter().any(is_pong) {
+        if st.control.iter().any(|f| is_pong(f)) {
             // Pongs still waiting in `out` (taken while the socket was full) are superseded by
             // the newer ones: RFC 6455 §5.5.3 lets an endpoint answer only the most recent
             // pings. Without this, a client that floods pings and never reads piles up pongs
@@ -323,7 +403,7 @@ impl Outbox {
         }
         let mut at = first;
         while let Some(c) = st.control.pop_front() {
-            out.insert(at, c);
+            out.insert(at, Chunk::one(c));
             at += 1;
         }
         match std::mem::replace(&mut st.phase, Phase::Open) {
@@ -341,7 +421,7 @@ impl Outbox {
                         st.pending_drops = 0;
                         st.bytes += n.len();
                         st.frames += 1;
-                        st.data.push_back(n);
+                        st.data.push_back(Chunk::one(n));
                     }
                 }
                 let taken = at > 0 || !st.data.is_empty();
@@ -368,7 +448,7 @@ impl Outbox {
                     let (mut bytes, mut frames) = (0, 0);
                     for f in out.drain(at..) {
                         bytes += f.len();
-                        frames += 1;
+                        frames += f.frames as usize;
                     }
                     st.bytes -= bytes;
                     st.frames -= frames;
@@ -377,7 +457,7 @@ impl Outbox {
                 }
                 st.bytes += req.frame.len();
                 st.frames += 1;
-                out.push_back(req.frame);
+                out.push_back(Chunk::one(req.frame));
                 st.phase = Phase::CloseTaken;
                 Take::Close(req.reason)
             }
@@ -422,12 +502,12 @@ impl Outbox {
 }
 
 /// Whether `frame` (a whole frame, not a partly written one) is a pong.
-fn is_pong(frame: &Bytes) -> bool {
+fn is_pong(frame: &[u8]) -> bool {
     frame.first() == Some(&0x8A)
 }
 
 /// Whether `frame` (a whole frame) is a ping or a pong.
-fn is_ping_or_pong(frame: &Bytes) -> bool {
+fn is_ping_or_pong(frame: &[u8]) -> bool {
     matches!(frame.first(), Some(0x89 | 0x8A))
 }
 
@@ -439,9 +519,9 @@ fn register(slot: &mut Option<Waker>, waker: &Waker) {
 }
 
 fn abandon_data(st: &mut State) {
-    let bytes: usize = st.data.iter().map(Bytes::len).sum();
+    let bytes: usize = st.data.iter().map(|c| c.len()).sum();
     st.bytes -= bytes;
-    st.frames -= st.data.len();
+    st.frames -= st.data.iter().map(|c| c.frames as usize).sum::<usize>();
     st.data = VecDeque::new();
 }
 
@@ -573,7 +653,7 @@ mod tests {
         let notice = std::str::from_utf8(&out[1][2..]).unwrap();
         assert!(notice.starts_with(r#"{"type":"error","data":"dropped 2 messages","timestamp":""#));
         assert_eq!(out[2], frame(10));
-        ob.written(out.iter().map(Bytes::len).sum(), 3);
+        ob.written(out.iter().map(|c| c.len()).sum(), 3);
         assert_eq!(ob.queued_bytes(), 0);
         // Without a further message, the writer queues the notice as soon as it fits.
         out.clear();
@@ -600,7 +680,7 @@ mod tests {
         }
         ob.push_control(frame::ping_frame(b""));
         let (_, w) = waker();
-        let mut out = VecDeque::from([frame(5)]);
+        let mut out = VecDeque::from([Chunk::one(frame(5))]);
         assert!(matches!(ob.take(&mut out, true, &w, false), Take::Frames));
         assert_eq!(out[0], frame(5), "the partly written frame stays first");
         for i in 0..MAX_PENDING_PONGS {
@@ -627,14 +707,43 @@ mod tests {
             let ob = Outbox::new(2000, 16, policy);
             let (flag, w) = waker();
             let wakes = || flag.0.load(std::sync::atomic::Ordering::SeqCst);
-            let mut out: VecDeque<Bytes> = VecDeque::new();
+            let mut out: VecDeque<Chunk> = VecDeque::new();
             for step in 0..100 {
                 let before = wakes();
                 let was_delaying = ob.lock().delaying;
-                let op = next(7);
+                let op = next(8);
                 match op {
                     0..=2 => {
                         let _ = ob.push_data(frame(1 + next(400) as usize));
+                    }
+                    7 => {
+                        // A batch: queued whole, or frame by frame as push_data would.
+                        let mut batch = Vec::new();
+                        let mut ends = Vec::new();
+                        for _ in 0..1 + next(6) {
+                            batch.extend_from_slice(&frame(1 + next(300) as usize));
+                            ends.push(batch.len() as u32);
+                        }
+                        let batch = Bytes::from(batch);
+                        let (bytes, frames, whole) = {
+                            let st = ob.lock();
+                            let whole = ob.fits(&st, batch.len(), ends.len())
+                                && st.pending_drops == 0
+                                && matches!(st.phase, Phase::Open);
+                            (st.bytes, st.frames, whole)
+                        };
+                        let outcome = ob.push_batch(&batch, &ends);
+                        assert_eq!(
+                            outcome.queued + outcome.dropped + outcome.refused,
+                            ends.len()
+                        );
+                        if whole {
+                            assert_eq!(outcome.queued, ends.len());
+                            let st = ob.lock();
+                            assert_eq!(st.bytes, bytes + batch.len());
+                            assert_eq!(st.frames, frames + ends.len());
+                            assert_eq!(st.data.back().map(|c| c.frames as usize), Some(ends.len()));
+                        }
                     }
                     3 => ob.push_control(frame::ping_frame(b"")),
                     4 => {
@@ -643,8 +752,8 @@ mod tests {
                     5 => {
                         // The writer takes and writes everything.
                         let _ = ob.take(&mut out, false, &w, false);
-                        let bytes = out.iter().map(Bytes::len).sum();
-                        ob.written(bytes, out.len());
+                        let bytes = out.iter().map(|c| c.len()).sum();
+                        ob.written(bytes, out.iter().map(|c| c.frames as usize).sum());
                         out.clear();
                     }
                     _ => {
@@ -660,9 +769,11 @@ mod tests {
                 let st = ob.lock();
                 let ctx = format!("round {round} step {step}");
                 // The counts are exactly what is queued (the writer holds nothing here).
-                let queued: usize = st.data.iter().chain(&st.control).map(Bytes::len).sum();
+                let queued = st.data.iter().map(|c| c.len()).sum::<usize>()
+                    + st.control.iter().map(Bytes::len).sum::<usize>();
                 assert_eq!(st.bytes, queued, "{ctx}");
-                assert_eq!(st.frames, st.data.len() + st.control.len(), "{ctx}");
+                let frames = st.data.iter().map(|c| c.frames as usize).sum::<usize>();
+                assert_eq!(st.frames, frames + st.control.len(), "{ctx}");
                 // A writer holding back never sits on a half-full queue or a close.
                 if st.delaying {
                     assert!(!ob.half_full(&st), "{ctx}");
