@@ -216,3 +216,75 @@ async fn a_batch_that_overflows_a_queue_disconnects_the_slow_consumer_once() {
     slow.disconnect_detached();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_rate_limit_close_comes_after_the_publishes_read_before_it() {
+    let config = config(1 << 20, SlowConsumerPolicy::Disconnect)
+        .rate_limit(Some(wshub::RateLimit::new(1, 1)));
+    let server = TestServer::with_config(config).await;
+    // No sync request: the bucket keeps its one token for the first publish.
+    let mut publisher = server.raw().await;
+    eventually("the publisher is registered", || {
+        server.hub.clients().len() == 1
+    })
+    .await;
+    let handle = server.hub.clients().remove(0);
+    server.hub.subscribe(&handle, "room").unwrap();
+    let other = server.hub.detached_client();
+    server.hub.subscribe(&other, "room").unwrap();
+
+    // The second publish is refused, and with a burst of 1 that first refusal closes (1008).
+    publisher
+        .write(&pipelined(&[publish("room", 1), publish("room", 2)]))
+        .await;
+    assert_eq!(
+        mask_timestamp(&publisher.read_text().await),
+        event("room", 1)
+    );
+    assert_eq!(publisher.read_close().await, Some(1008));
+    let (frames, _) = other.drain_detached();
+    assert_eq!(frames.len(), 1);
+    other.disconnect_detached();
+    drop(publisher);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_channel_authoriser_sees_each_publish_after_the_ones_before_were_delivered() {
+    // The hook acts on the client; with it, each publish is delivered before the next check.
+    let hub = wshub::Hub::builder()
+        .config(config(1 << 20, SlowConsumerPolicy::Disconnect))
+        .authorize_channel(|client, channel, _| {
+            client.send_text(&format!("checked {channel}")).unwrap();
+            true
+        })
+        .build()
+        .unwrap();
+    let server = TestServer::start(hub).await;
+    let (mut publisher, id) = server.raw_client().await;
+    let handle = server
+        .hub
+        .clients()
+        .into_iter()
+        .find(|c| c.id() == id)
+        .unwrap();
+    server.hub.subscribe(&handle, "room").unwrap();
+    publisher
+        .write(&pipelined(&[publish("room", 1), publish("room", 2)]))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(mask_timestamp(&publisher.read_text().await));
+    }
+    assert_eq!(
+        got,
+        [
+            "checked room".to_owned(),
+            event("room", 1),
+            "checked room".to_owned(),
+            event("room", 2)
+        ]
+    );
+    drop(publisher);
+    server.stop().await;
+}

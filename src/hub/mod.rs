@@ -2016,6 +2016,10 @@ impl Hub {
         allowed
     }
 
+    pub(crate) fn has_channel_authoriser(&self) -> bool {
+        self.inner.hooks.authorize_channel.is_some()
+    }
+
     pub(crate) fn has_broker(&self) -> bool {
         self.inner.broker.get().is_some()
     }

@@ -6,8 +6,11 @@
 //! one chunk for all of them (one reference count, one lock of its queue, one wake-up), and its
 //! writer sends them as one piece. Subscribers get exactly what publishing them one by one
 //! would give them: the same frames, in the same order, within the same queue bounds (a batch
-//! that does not fit a queue whole is queued frame by frame, with the slow-consumer policy
-//! applied to each frame).
+//! that does not fit a queue whole is queued frame by frame, each frame a copy, with the
+//! slow-consumer policy applied to each frame). Two exceptions: with a channel authoriser hook
+//! the session delivers the batch before each call of the hook (which may act on the client),
+//! so nothing is batched; and a publisher subscribed to the channel gets its own copies at the
+//! flush, so if they make it a slow consumer, the rest of that read is still published.
 //!
 //! The batch lives only while the session handles one read: it is delivered before the session
 //! does anything else (another request, a reply, a close) and at the end of the read. So the

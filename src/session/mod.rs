@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -767,6 +767,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         channel: &str,
         data: Option<&serde_json::value::RawValue>,
     ) -> Result<(), String> {
+        if self.hub.has_channel_authoriser() {
+            // The hook may act on the client (send, close, subscribe): after what came before.
+            batch::flush();
+        }
         if !self.hub.config().client_may_publish(channel)
             || !self
                 .hub
@@ -812,6 +816,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if bucket.take(Instant::now(), cost) {
             return true;
         }
+        // What was read before the refusal goes out before its answer (or the close).
+        batch::flush();
         if bucket.strikes >= bucket.burst {
             // Keep reading: the client's close reply must still be seen.
             self.client.outbox.request_close(
@@ -981,9 +987,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 frames += front.frames as usize;
                 self.inflight.pop_front();
             } else {
-                front.bytes.advance(left);
+                frames += front.advance(left);
                 left = 0;
-                self.front_partial = true;
+                self.front_partial = front.started();
             }
         }
         self.client.outbox.written(written, frames);

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::config::SlowConsumerPolicy;
 use crate::frame::{self, close_code};
@@ -54,12 +54,72 @@ pub(crate) enum Take {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Chunk {
     pub(crate) bytes: Bytes,
+    /// Frames in `bytes` not yet completely written.
     pub(crate) frames: u32,
+    /// The bytes left of a frame whose start was written (saturated), 0 at a frame boundary.
+    rest: u32,
 }
 
 impl Chunk {
     pub(crate) fn one(bytes: Bytes) -> Self {
-        Chunk { bytes, frames: 1 }
+        Chunk {
+            bytes,
+            frames: 1,
+            rest: 0,
+        }
+    }
+
+    /// Drops the first `n` bytes (fewer than `len()`), which a write sent; returns how many
+    /// frames they completed.
+    pub(crate) fn advance(&mut self, n: usize) -> usize {
+        if self.frames == 1 {
+            self.bytes.advance(n);
+            self.rest = u32::try_from(self.bytes.len()).unwrap_or(u32::MAX);
+            return 0;
+        }
+        let mut completed = 0;
+        let mut end = match self.rest {
+            0 => frame::first_frame_len(&self.bytes),
+            rest => rest as usize,
+        };
+        // `n < len()`, so every frame looked at here is not empty.
+        while end <= n {
+            completed += 1;
+            if end == n {
+                break; // at a frame boundary
+            }
+            end += frame::first_frame_len(&self.bytes[end..]);
+        }
+        self.rest = (end - n) as u32;
+        self.bytes.advance(n);
+        self.frames -= completed as u32;
+        completed
+    }
+
+    /// Whether the first bytes of the chunk's first frame were written (after
+    /// [`Chunk::advance`]).
+    pub(crate) fn started(&self) -> bool {
+        self.rest > 0
+    }
+
+    /// Splits a partly written chunk of several frames after its first frame, so that what
+    /// jumps the queue (control frames) or is abandoned (a slow consumer's data) is decided
+    /// frame by frame, as for frames queued one by one.
+    fn split_front(out: &mut VecDeque<Chunk>) {
+        let Some(front) = out.front_mut() else {
+            return;
+        };
+        if front.frames < 2 || front.rest == 0 {
+            return;
+        }
+        let tail = Chunk {
+            bytes: front.bytes.split_off(front.rest as usize),
+            frames: front.frames - 1,
+            rest: 0,
+        };
+        // The front is the started frame's rest (`rest` stays its length).
+        front.frames = 1;
+        out.insert(1, tail);
     }
 }
 
@@ -249,15 +309,17 @@ impl Outbox {
                 st.data.push_back(Chunk {
                     bytes: batch.clone(),
                     frames: ends.len() as u32,
+                    rest: 0,
                 });
                 self.wake_writer(st);
                 out.queued = ends.len();
                 return out;
             }
         }
+        // A copy of each frame: a slice would keep the whole batch alive in a slow queue.
         let mut start = 0;
         for &end in ends {
-            match self.push_data(batch.slice(start as usize..end as usize)) {
+            match self.push_data(Bytes::copy_from_slice(&batch[start as usize..end as usize])) {
                 Enqueue::Queued => out.queued += 1,
                 Enqueue::Dropped => out.dropped += 1,
                 Enqueue::SlowConsumer => {
@@ -380,6 +442,9 @@ impl Outbox {
                     return Take::Idle;
                 }
             }
+        }
+        if keep_front {
+            Chunk::split_front(out);
         }
         let first = usize::from(keep_front && !out.is_empty());
         if st.control.iter().any(|f| is_pong(f)) {
@@ -789,6 +854,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// One batch of three frames of 10, 20 and 30 bytes, and where each ends.
+    fn batch_of_three() -> (Bytes, Vec<u32>) {
+        let mut batch = bytes::BytesMut::new();
+        let mut ends = Vec::new();
+        for n in [8, 18, 28] {
+            frame::append_with(&mut batch, frame::OpCode::Text, n, |b| {
+                b.extend_from_slice(&vec![b'x'; n]);
+            });
+            ends.push(batch.len() as u32);
+        }
+        (batch.freeze(), ends)
+    }
+
+    #[test]
+    fn a_partly_written_batch_counts_its_frames_and_gives_way_frame_by_frame() {
+        let ob = Outbox::new(10_000, 100, SlowConsumerPolicy::Disconnect);
+        let (batch, ends) = batch_of_three();
+        assert_eq!(ends, [10, 30, 60]);
+        assert_eq!(ob.push_batch(&batch, &ends).queued, 3);
+        let (_, w) = waker();
+        let mut out = VecDeque::new();
+        assert!(matches!(ob.take(&mut out, false, &w, false), Take::Frames));
+        assert_eq!((out.len(), out[0].frames), (1, 3));
+
+        // 15 bytes written: the first frame and 5 bytes of the second.
+        assert_eq!(out[0].advance(15), 1);
+        ob.written(15, 1);
+        assert!(out[0].started());
+        assert_eq!(ob.lock().frames, 2);
+        // A ping goes right after the frame being written, not after the whole batch.
+        ob.push_control(frame::ping_frame(b""));
+        assert!(matches!(ob.take(&mut out, true, &w, false), Take::Frames));
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].len(), out[0].frames), (15, 1));
+        assert_eq!(out[1], frame::ping_frame(b""));
+        assert_eq!((out[2].len(), out[2].frames), (30, 1));
+        assert_eq!(&out[2][2..], &[b'x'; 28][..]);
+
+        // A slow-consumer disconnect keeps the started frame and abandons the rest.
+        assert_eq!(ob.push_data(frame(10_000)), Enqueue::SlowConsumer);
+        assert!(matches!(
+            ob.take(&mut out, true, &w, false),
+            Take::Close(DisconnectReason::SlowConsumer)
+        ));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), 15);
+        assert_eq!(&out[1][..4], &[0x88, 15, 0x03, 0xF0]);
+        let st = ob.lock();
+        assert_eq!(st.bytes, out.iter().map(|c| c.len()).sum::<usize>());
+        assert_eq!(st.frames, 2);
+    }
+
+    #[test]
+    fn a_batch_written_up_to_a_frame_boundary_has_not_started_its_next_frame() {
+        let (batch, ends) = batch_of_three();
+        let ob = Outbox::new(10_000, 100, SlowConsumerPolicy::Disconnect);
+        ob.push_batch(&batch, &ends);
+        let (_, w) = waker();
+        let mut out = VecDeque::new();
+        ob.take(&mut out, false, &w, false);
+        assert_eq!(out[0].advance(30), 2);
+        assert!(!out[0].started());
+        assert_eq!(out[0].advance(29), 0);
+        assert!(out[0].started());
+        assert_eq!((out[0].len(), out[0].frames), (1, 1));
     }
 
     #[test]
