@@ -10,8 +10,10 @@ use std::task::Waker;
 use bytes::Bytes;
 
 use crate::hub::{Client, Hub};
+use crate::message::Message;
 use crate::session::outbox::Take;
 use crate::session::DisconnectReason;
+use crate::PublishError;
 
 pub use crate::message::json::{canonicalize, write_string, write_timestamp};
 pub use crate::message::parse::{parse as parse_request, ParseError, Request};
@@ -21,6 +23,24 @@ impl Hub {
     #[doc(hidden)]
     pub fn detached_client(&self) -> Client {
         Client::new(self.register(None), self.clone())
+    }
+
+    /// Publishes `messages` on `channel` as a session publishes what one client sent in one
+    /// read (`session/batch.rs`): each checked as [`Hub::publish_local`] checks it, the
+    /// accepted ones framed into one buffer and queued as one chunk where it fits. Returns
+    /// each message's result.
+    #[doc(hidden)]
+    pub fn publish_batch_local(
+        &self,
+        channel: &str,
+        messages: &[Message],
+    ) -> Vec<Result<(), PublishError>> {
+        let results = messages
+            .iter()
+            .map(|m| crate::session::batch::publish(self, u64::MAX, channel, m))
+            .collect();
+        crate::session::batch::flush();
+        results
     }
 }
 

@@ -385,6 +385,27 @@ fn hub_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Op::Publish { channel: 3, pad: 0 },
         Op::DrainAll,
     ];
+    let batch = |count, pad| Op::PublishBatch {
+        channel: 3,
+        count,
+        pad,
+    };
+    let mut batches = slow_reader(&[]);
+    batches.truncate(5);
+    batches.extend([
+        batch(3, 10),
+        Op::DrainAll,
+        batch(7, 40),
+        batch(7, 47),
+        Op::Drain { client: 1 },
+        batch(0, 0),
+        Op::PublishBatch {
+            channel: 6,
+            count: 2,
+            pad: 0,
+        },
+        Op::DrainAll,
+    ]);
     let errors = vec![
         Op::Connect,
         Op::Subscribe {
@@ -459,6 +480,11 @@ fn hub_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("errors-and-close", encode_ops(setup(false, 0, 3), &errors)),
         (
+            // Batches that fit whole, and one that overflows a slow reader's queue part way.
+            "publish-batch",
+            encode_ops(setup(false, 100, 255), &batches),
+        ),
+        (
             // Frames over the 256-byte queue bound are refused whole (`TooLarge`).
             "publish-too-large",
             encode_ops(
@@ -495,7 +521,7 @@ fn hub_seeds() -> Vec<(&'static str, Vec<u8>)> {
 fn encode_ops(setup: hub_ops::Setup, ops: &[hub_ops::Op]) -> Vec<u8> {
     use hub_ops::Op;
 
-    const VARIANTS: u64 = 11;
+    const VARIANTS: u64 = 12;
     let mut out = vec![
         u8::from(setup.drop_policy),
         setup.queued_bytes,
@@ -515,6 +541,11 @@ fn encode_ops(setup: hub_ops::Setup, ops: &[hub_ops::Op]) -> Vec<u8> {
             Op::DrainAll => (8, vec![]),
             Op::Close { client, code } => (9, vec![client, code]),
             Op::Disconnect { client } => (10, vec![client]),
+            Op::PublishBatch {
+                channel,
+                count,
+                pad,
+            } => (11, vec![channel, count, pad]),
         };
         // The smallest u32 that `(x * VARIANTS) >> 32` maps to `index`.
         let x = (index << 32).div_ceil(VARIANTS);

@@ -115,6 +115,15 @@ pub(crate) enum Op {
     Disconnect {
         client: u8,
     },
+    /// `Hub::publish_batch_local` (what a session does with publishes read together) of
+    /// `1 + count % 8` events with data strings of about `pad % 48` bytes, as many as a fresh
+    /// queue holds. With the `Drop` policy (whose notices have lengths the model cannot know
+    /// in a row of pushes) it is one `Publish` instead.
+    PublishBatch {
+        channel: u8,
+        count: u8,
+        pad: u8,
+    },
 }
 
 /// Decodes an input into its setup and operations.
@@ -340,6 +349,17 @@ impl Model {
                 );
             }
             Op::Publish { channel, pad } => self.publish(Some(channel_name(channel)), pad),
+            Op::PublishBatch {
+                channel,
+                count,
+                pad,
+            } => {
+                if self.drop_policy {
+                    self.publish(Some(channel_name(channel)), pad % 48);
+                } else {
+                    self.publish_batch(channel_name(channel), count, pad);
+                }
+            }
             Op::Broadcast { pad } => self.publish(None, pad),
             Op::SendText { client, len } => {
                 let Some(i) = self.pick(client) else { return };
@@ -533,6 +553,100 @@ impl Model {
         self.counters.disconnections += 1;
 
         self.check_delivery(channel, recipients, &frame, report);
+    }
+
+    /// A batch of events on `name` (`Op::PublishBatch`), under the `Disconnect` policy. A
+    /// probe subscriber (with an empty queue that holds the whole batch) gets the exact frames,
+    /// which must be one buffer; every other subscriber's queue must take the batch whole
+    /// when it fits, and otherwise frame by frame as `Outbox::push_data` would.
+    fn publish_batch(&mut self, name: &'static str, count: u8, pad: u8) {
+        let frame_len = |payload: usize| payload + if payload <= 125 { 2 } else { 4 };
+        let mut datas = Vec::new();
+        let mut total_longest = 0;
+        for k in 0..1 + usize::from(count % 8) {
+            let mut data = format!("m{}", self.seq + 1 + k as u64);
+            data.extend(std::iter::repeat_n(
+                'x',
+                usize::from(pad.wrapping_add(k as u8) % 48),
+            ));
+            // The frame at its longest (a 30-byte timestamp).
+            let bare =
+                format!(r#"{{"type":"event","channel":"{name}","data":"{data}","timestamp":""}}"#);
+            let longest = frame_len(bare.len() + 30);
+            if datas.len() >= self.max_frames || total_longest + longest > self.max_bytes {
+                break;
+            }
+            total_longest += longest;
+            datas.push(data);
+        }
+        self.seq += datas.len() as u64;
+        let messages: Vec<Message> = datas
+            .iter()
+            .map(|d| Message::new("event").with_data(Json::string(d)))
+            .collect();
+        if !valid_name(name) {
+            for result in self.hub.publish_batch_local(name, &messages) {
+                assert!(
+                    matches!(result, Err(PublishError::ChannelName(_))),
+                    "batch to {name:?}: {result:?}"
+                );
+            }
+            return;
+        }
+        let recipients = self.recipients(Some(name));
+        let probe = self.hub.detached_client();
+        self.counters.connections += 1;
+        assert_eq!(probe.subscribe(name), Ok(true), "probe subscribes");
+        let before = SystemTime::now();
+        let results = self.hub.publish_batch_local(name, &messages);
+        let after = SystemTime::now();
+        assert!(results.iter().all(Result::is_ok), "batch: {results:?}");
+        let (frames, closed) = probe.drain_detached();
+        assert!(!closed, "probe closed");
+        assert_eq!(
+            frames.len(),
+            datas.len(),
+            "probe got {} frames",
+            frames.len()
+        );
+        for (frame, data) in frames.iter().zip(&datas) {
+            let prefix =
+                format!(r#"{{"type":"event","channel":"{name}","data":"{data}","timestamp":"#);
+            check_message_frame(frame, &prefix, before, after);
+        }
+        assert!(
+            frames
+                .windows(2)
+                .all(|w| w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr()),
+            "a batch is one buffer"
+        );
+        probe.disconnect_detached();
+        self.counters.disconnections += 1;
+        self.counters.published += frames.len() as u64;
+        self.counters.delivered += frames.len() as u64; // the probe
+
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        for i in recipients {
+            let c = &mut self.clients[i];
+            if c.phase != Phase::Open {
+                continue;
+            }
+            if c.bytes + total <= self.max_bytes && c.frames + frames.len() <= self.max_frames {
+                c.data.extend(frames.iter().cloned().map(Item::Exact));
+                c.bytes += total;
+                c.frames += frames.len();
+                self.counters.delivered += frames.len() as u64;
+                continue;
+            }
+            for frame in &frames {
+                match self.push(i, frame) {
+                    Outcome::Queued => self.counters.delivered += 1,
+                    Outcome::SlowConsumer => self.counters.slow_consumer_disconnects += 1,
+                    Outcome::Closed => {}
+                    Outcome::Dropped => unreachable!("the Disconnect policy drops nothing"),
+                }
+            }
+        }
     }
 
     /// The model side of a publish's fan-out of `frame` to `recipients` (plus the probe,

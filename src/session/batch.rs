@@ -75,7 +75,7 @@ impl Batch {
 ///
 /// # Errors
 /// As [`Hub::publish_local`]; a refused message is not part of the batch.
-pub(super) fn publish(
+pub(crate) fn publish(
     hub: &Hub,
     publisher: u64,
     channel: &str,
@@ -118,7 +118,7 @@ pub(super) fn publish(
 }
 
 /// Delivers this thread's batch, if there is one.
-pub(super) fn flush() {
+pub(crate) fn flush() {
     BATCH.with(|batch| {
         if let Ok(mut b) = batch.try_borrow_mut() {
             b.deliver();

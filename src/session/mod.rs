@@ -6,7 +6,7 @@
 //! single timer. Reading and writing never wait for each other, and no task other than this one
 //! touches the socket, so concurrent writes are impossible by construction.
 
-mod batch;
+pub(crate) mod batch;
 mod gather;
 pub(crate) mod outbox;
 
