@@ -856,6 +856,11 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_queue_entry_costs_the_40_bytes_the_readme_states() {
+        assert_eq!(std::mem::size_of::<Chunk>(), 40);
+    }
+
     /// One batch of three frames of 10, 20 and 30 bytes, and where each ends.
     fn batch_of_three() -> (Bytes, Vec<u32>) {
         let mut batch = bytes::BytesMut::new();
