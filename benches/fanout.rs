@@ -135,6 +135,40 @@ fn join_storm(c: &mut Criterion) {
     group.finish();
 }
 
+/// N clients each joining a channel of its own (personal channels): every join creates a
+/// channel, so this is the channel map's storm, as `join_storm` is the member set's.
+fn channel_storm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("channel_storm");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(5));
+    for n in [10_000usize, 100_000] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("own_channel", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let hub = hub();
+                    let subs = clients(&hub, n);
+                    let names: Vec<String> = (0..n).map(|i| format!("user:{i}")).collect();
+                    let t = Instant::now();
+                    for (s, name) in subs.iter().zip(&names) {
+                        s.subscribe(name).unwrap();
+                    }
+                    total += t.elapsed();
+                    assert_eq!(hub.channel_count(), n);
+                    for s in &subs {
+                        s.disconnect_detached();
+                    }
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
 /// Subscribe + unsubscribe of one client on a channel that has 10k members.
 fn churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("churn");
@@ -157,5 +191,12 @@ fn churn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fanout, hot_channel, join_storm, churn);
+criterion_group!(
+    benches,
+    fanout,
+    hot_channel,
+    join_storm,
+    channel_storm,
+    churn
+);
 criterion_main!(benches);

