@@ -169,6 +169,36 @@ fn channel_storm(c: &mut Criterion) {
     group.finish();
 }
 
+/// N clients connecting (registering in the set of all clients), then disconnecting: the
+/// member set's cost per change at sizes past one page of segments.
+fn connection_storm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("connection_storm");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(10));
+    for n in [50_000usize, 200_000] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("connect_disconnect", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let hub = hub();
+                    let t = Instant::now();
+                    let subs = clients(&hub, n);
+                    for s in &subs {
+                        s.disconnect_detached();
+                    }
+                    total += t.elapsed();
+                    assert_eq!(hub.client_count(), 0);
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
 /// Subscribe + unsubscribe of one client on a channel that has 10k members.
 fn churn(c: &mut Criterion) {
     let mut group = c.benchmark_group("churn");

@@ -45,6 +45,9 @@ struct Shard {
     map: ArcSwap<Map>,
     /// Serialises changes to this shard (creating, deleting, joining, leaving).
     lock: Mutex<()>,
+    /// Channels in `map`, so that a walk over every shard skips the empty ones without
+    /// loading their map.
+    len: AtomicUsize,
 }
 
 pub(crate) struct Registry {
@@ -74,6 +77,7 @@ impl Registry {
             .map(|_| Shard {
                 map: ArcSwap::new(Arc::clone(&empty)),
                 lock: Mutex::new(()),
+                len: AtomicUsize::new(0),
             })
             .collect();
         Registry {
@@ -129,6 +133,7 @@ impl Registry {
         channel.members.insert(client);
         let mut next = Map::clone(&map);
         next.insert(name.clone(), channel);
+        shard.len.store(next.len(), Ordering::Relaxed);
         shard.map.store(Arc::new(next));
         // Relaxed: the count is a statistic; the map itself is the source of truth.
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -154,6 +159,7 @@ impl Registry {
         if ch.members.len() == 0 {
             let mut next = Map::clone(&map);
             next.remove(name);
+            shard.len.store(next.len(), Ordering::Relaxed);
             shard.map.store(Arc::new(next));
             self.count.fetch_sub(1, Ordering::Relaxed);
             on_delete();
@@ -171,6 +177,7 @@ impl Registry {
         let mut out: Vec<_> = self
             .shards
             .iter()
+            .filter(|s| s.len.load(Ordering::Relaxed) > 0)
             .flat_map(|s| {
                 s.map
                     .load()
