@@ -227,6 +227,7 @@ criterion_group!(
     hot_channel,
     join_storm,
     channel_storm,
+    connection_storm,
     churn
 );
 criterion_main!(benches);
