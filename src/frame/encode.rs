@@ -143,24 +143,28 @@ pub(crate) fn append_with(
 /// [`append_with`] write them); at most `frames.len()`, and all of a piece too short for a
 /// header.
 pub(crate) fn first_frame_len(frames: &[u8]) -> usize {
-    let (header, len): (usize, usize) = match frames.get(1).map(|b| b & 0x7F) {
-        Some(126) => (
-            4,
-            frames
-                .get(2..4)
-                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize),
-        ),
-        Some(127) => (
-            10,
-            frames.get(2..10).map_or(0, |b| {
-                usize::try_from(u64::from_be_bytes(b.try_into().unwrap_or_default()))
-                    .unwrap_or(usize::MAX)
-            }),
-        ),
-        Some(n) => (2, usize::from(n)),
-        None => return frames.len(),
+    let Some(&second) = frames.get(1) else {
+        return frames.len();
+    };
+    let header = header_len(second);
+    let len = match header {
+        2 => usize::from(second & 0x7F),
+        _ => frames.get(2..header).map_or(0, |b| {
+            let mut be = [0u8; 8];
+            be[8 - b.len()..].copy_from_slice(b);
+            usize::try_from(u64::from_be_bytes(be)).unwrap_or(usize::MAX)
+        }),
     };
     header.saturating_add(len).min(frames.len())
+}
+
+/// The length of an unmasked frame's header, from its second byte: 2, 4 or 10.
+fn header_len(second: u8) -> usize {
+    match second & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
 }
 
 /// Encodes `payload` as a single unmasked FIN frame.
@@ -249,11 +253,7 @@ fn control_payload(payload: &[u8]) -> &[u8] {
 /// assert_eq!(payload(&encode(OpCode::Text, &[7; 300])), &[7; 300][..]);
 /// ```
 pub fn payload(frame: &[u8]) -> &[u8] {
-    let header = match frame.get(1).map(|b| b & 0x7F) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
+    let header = frame.get(1).map_or(2, |&b| header_len(b));
     frame.get(header..).unwrap_or_default()
 }
 

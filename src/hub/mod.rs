@@ -690,8 +690,10 @@ impl Hub {
     /// offset in `ends`) to this node's subscribers, exactly as publishing them one by one
     /// would, with one chunk per subscriber when they fit its queue.
     pub(crate) fn deliver_batch(&self, channel: &str, frames: &Bytes, ends: &[u32]) {
-        let c = &self.inner.counters;
-        c.published.fetch_add(ends.len() as u64, Ordering::Relaxed);
+        self.inner
+            .counters
+            .published
+            .fetch_add(ends.len() as u64, Ordering::Relaxed);
         let Some(ch) = self.inner.channels.get(channel) else {
             return;
         };
@@ -702,14 +704,7 @@ impl Hub {
             dropped += outcome.dropped as u64;
             slow += u64::from(outcome.slow_consumer);
         }
-        c.delivered.fetch_add(delivered, Ordering::Relaxed);
-        if dropped > 0 {
-            c.dropped.fetch_add(dropped, Ordering::Relaxed);
-        }
-        if slow > 0 {
-            c.slow_consumer_disconnects
-                .fetch_add(slow, Ordering::Relaxed);
-        }
+        self.count_fan_out(delivered, dropped, slow);
     }
 
     /// A publish on a channel whose history the broker keeps: the broker assigns the offset,
@@ -1633,18 +1628,22 @@ impl Hub {
                 Enqueue::Closed => report.disconnected += 1,
             }
         }
+        self.count_fan_out(report.enqueued as u64, report.dropped as u64, slow);
+        report
+    }
+
+    /// Counts what one fan-out did: frames queued, frames dropped, clients disconnected as
+    /// slow consumers.
+    fn count_fan_out(&self, delivered: u64, dropped: u64, slow: u64) {
         let c = &self.inner.counters;
-        c.delivered
-            .fetch_add(report.enqueued as u64, Ordering::Relaxed);
-        if report.dropped > 0 {
-            c.dropped
-                .fetch_add(report.dropped as u64, Ordering::Relaxed);
+        c.delivered.fetch_add(delivered, Ordering::Relaxed);
+        if dropped > 0 {
+            c.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         if slow > 0 {
             c.slow_consumer_disconnects
                 .fetch_add(slow, Ordering::Relaxed);
         }
-        report
     }
 
     // ----- membership -------------------------------------------------------------------

@@ -168,10 +168,9 @@ pub(crate) struct Session<S> {
     decoder: Decoder,
     /// Inbound bytes not yet decoded; empty and unallocated while idle.
     rbuf: BytesMut,
-    /// Frames taken from the outbox, in send order; the front one may be partly written.
+    /// Frames taken from the outbox, in send order; the front one may be partly written
+    /// ([`Chunk::started`]).
     inflight: VecDeque<Chunk>,
-    /// Whether the front of `inflight` is partly written.
-    front_partial: bool,
     /// Bytes were written since the last flush.
     needs_flush: bool,
     timer: Pin<Box<Sleep>>,
@@ -311,7 +310,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             decoder,
             rbuf: BytesMut::new(),
             inflight: VecDeque::new(),
-            front_partial: false,
             needs_flush: false,
             timer: Box::pin(tokio::time::sleep_until(next_ping)),
             timer_at: next_ping,
@@ -651,9 +649,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let parsed = parse::parse(payload);
         // Publishes in a row on one channel join a batch; anything else comes after it.
-        if !matches!(&parsed, Ok(Request::Publish { channel, .. })
-            if self.pending.is_none() && self.hub.batches(channel))
-        {
+        let batched = matches!(&parsed, Ok(Request::Publish { channel, .. })
+            if self.pending.is_none() && self.hub.batches(channel));
+        if !batched {
             batch::flush();
         }
         if self.pending.is_some() {
@@ -696,7 +694,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .unsubscribe_shared(&self.client, &channel)
                 .map(drop)
                 .map_err(|e| e.to_string()),
-            Request::Publish { channel, data } => self.client_publish(&channel, data),
+            Request::Publish { channel, data } => self.client_publish(&channel, data, batched),
             Request::Other(kind) => {
                 if hub.has_message_hook() {
                     let msg =
@@ -762,10 +760,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
+    /// A client's publish; `batched`: it joins this thread's batch ([`batch`]).
     fn client_publish(
         &mut self,
         channel: &str,
         data: Option<&serde_json::value::RawValue>,
+        batched: bool,
     ) -> Result<(), String> {
         if self.hub.has_channel_authoriser() {
             // The hook may act on the client (send, close, subscribe): after what came before.
@@ -782,7 +782,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(data) = data {
             message = message.with_data(Json::parse(data.get()).map_err(|e| e.to_string())?);
         }
-        if self.pending.is_none() && self.hub.batches(channel) {
+        if batched {
             return batch::publish(&self.hub, self.client.id, channel, &message)
                 .map_err(|e| e.to_string());
         }
@@ -956,12 +956,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Takes pending frames from the outbox; `Ok(true)` when something was taken.
     fn take(&mut self, cx: &mut Context<'_>, urgent_only: bool) -> Result<bool, DisconnectReason> {
         let outbox = &self.client.outbox;
-        match outbox.take(
-            &mut self.inflight,
-            self.front_partial,
-            cx.waker(),
-            urgent_only,
-        ) {
+        // A partly written front frame stays first: its first bytes are on the wire.
+        let keep_front = self.inflight.front().is_some_and(Chunk::started);
+        match outbox.take(&mut self.inflight, keep_front, cx.waker(), urgent_only) {
             Take::Idle => Ok(false),
             Take::Frames => Ok(true),
             Take::Close(reason) => {
@@ -977,7 +974,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn consume(&mut self, written: usize) {
         let mut left = written;
         let mut frames = 0;
-        self.front_partial = false;
         while left > 0 {
             let Some(front) = self.inflight.front_mut() else {
                 break;
@@ -989,7 +985,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } else {
                 frames += front.advance(left);
                 left = 0;
-                self.front_partial = front.started();
             }
         }
         self.client.outbox.written(written, frames);
