@@ -103,100 +103,101 @@ fn hot_channel(c: &mut Criterion) {
     group.finish();
 }
 
-/// 50,000 clients joining one channel (the design card: well under a second, not O(n²)).
-fn join_storm(c: &mut Criterion) {
-    let mut group = c.benchmark_group("join_storm");
+/// A storm bench: for each size `n`, on a fresh hub each time, `run` does its work and returns
+/// how long the measured part took (setup and teardown are not measured).
+fn storm(
+    c: &mut Criterion,
+    group: &str,
+    id: &str,
+    sizes: &[usize],
+    seconds: u64,
+    run: impl Fn(&Hub, usize) -> Duration,
+) {
+    let mut group = c.benchmark_group(group);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(5));
-    for n in [10_000usize, 50_000] {
+    group.measurement_time(Duration::from_secs(seconds));
+    for &n in sizes {
         group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("one_channel", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let hub = hub();
-                    let subs = clients(&hub, n);
-                    let t = Instant::now();
-                    for s in &subs {
-                        s.subscribe("storm").unwrap();
-                    }
-                    total += t.elapsed();
-                    assert_eq!(hub.channel_subscriber_count("storm"), n);
-                    for s in &subs {
-                        s.disconnect_detached();
-                    }
-                }
-                total
-            });
+        group.bench_with_input(BenchmarkId::new(id, n), &n, |b, &n| {
+            b.iter_custom(|iters| (0..iters).map(|_| run(&hub(), n)).sum());
         });
     }
     group.finish();
+}
+
+/// 50,000 clients joining one channel (the design card: well under a second, not O(n²)).
+fn join_storm(c: &mut Criterion) {
+    storm(
+        c,
+        "join_storm",
+        "one_channel",
+        &[10_000, 50_000],
+        5,
+        |hub, n| {
+            let subs = clients(hub, n);
+            let t = Instant::now();
+            for s in &subs {
+                s.subscribe("storm").unwrap();
+            }
+            let took = t.elapsed();
+            assert_eq!(hub.channel_subscriber_count("storm"), n);
+            for s in &subs {
+                s.disconnect_detached();
+            }
+            took
+        },
+    );
 }
 
 /// N clients each joining a channel of its own (personal channels): every join creates a
 /// channel, so this is the channel map's storm, as `join_storm` is the member set's.
 fn channel_storm(c: &mut Criterion) {
-    let mut group = c.benchmark_group("channel_storm");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(5));
-    for n in [10_000usize, 100_000] {
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("own_channel", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let hub = hub();
-                    let subs = clients(&hub, n);
-                    let names: Vec<String> = (0..n).map(|i| format!("user:{i}")).collect();
-                    let t = Instant::now();
-                    for (s, name) in subs.iter().zip(&names) {
-                        s.subscribe(name).unwrap();
-                    }
-                    total += t.elapsed();
-                    assert_eq!(hub.channel_count(), n);
-                    for s in &subs {
-                        s.disconnect_detached();
-                    }
-                }
-                total
-            });
-        });
-    }
-    group.finish();
+    storm(
+        c,
+        "channel_storm",
+        "own_channel",
+        &[10_000, 100_000],
+        5,
+        |hub, n| {
+            let subs = clients(hub, n);
+            let names: Vec<String> = (0..n).map(|i| format!("user:{i}")).collect();
+            let t = Instant::now();
+            for (s, name) in subs.iter().zip(&names) {
+                s.subscribe(name).unwrap();
+            }
+            let took = t.elapsed();
+            assert_eq!(hub.channel_count(), n);
+            for s in &subs {
+                s.disconnect_detached();
+            }
+            took
+        },
+    );
 }
 
 /// N clients connecting (registering in the set of all clients), then disconnecting: the
 /// member set's cost per change at sizes past one page of segments.
 fn connection_storm(c: &mut Criterion) {
-    let mut group = c.benchmark_group("connection_storm");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(10));
-    for n in [50_000usize, 200_000] {
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::new("connect_disconnect", n), &n, |b, &n| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let hub = hub();
-                    let t = Instant::now();
-                    let subs = clients(&hub, n);
-                    for s in &subs {
-                        s.disconnect_detached();
-                    }
-                    total += t.elapsed();
-                    assert_eq!(hub.client_count(), 0);
-                }
-                total
-            });
-        });
-    }
-    group.finish();
+    let sizes = [50_000, 200_000];
+    storm(
+        c,
+        "connection_storm",
+        "connect_disconnect",
+        &sizes,
+        10,
+        |hub, n| {
+            let t = Instant::now();
+            let subs = clients(hub, n);
+            for s in &subs {
+                s.disconnect_detached();
+            }
+            let took = t.elapsed();
+            assert_eq!(hub.client_count(), 0);
+            took
+        },
+    );
 }
 
 /// Subscribe + unsubscribe of one client on a channel that has 10k members.

@@ -31,6 +31,30 @@ fn config(max_queued_bytes: usize, policy: SlowConsumerPolicy) -> HubConfig {
         .slow_consumer(policy)
 }
 
+/// A server, a detached subscriber of "room" and a raw publisher, which sends `texts` in one
+/// write and syncs (so they were all read and published).
+async fn publish_to_detached(
+    config: HubConfig,
+    texts: &[String],
+) -> (TestServer, wshub::Client, Raw, wshub::Counters) {
+    let server = TestServer::with_config(config).await;
+    let subscriber = server.hub.detached_client();
+    server.hub.subscribe(&subscriber, "room").unwrap();
+    let (mut publisher, _) = server.raw_client().await;
+    let before = server.hub.counters();
+    publisher.write(&pipelined(texts)).await;
+    publisher.sync().await;
+    (server, subscriber, publisher, before)
+}
+
+/// The payloads of drained frames, timestamps masked.
+fn payloads(frames: &[bytes::Bytes]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| mask_timestamp(std::str::from_utf8(wshub::frame::payload(f)).unwrap()))
+        .collect()
+}
+
 /// What one subscriber reads until the pong of its sync, timestamps masked.
 async fn received(raw: &mut Raw) -> Vec<String> {
     raw.sync().await.iter().map(|t| mask_timestamp(t)).collect()
@@ -109,21 +133,16 @@ async fn pipelined_publishes_arrive_as_separate_frames_in_order_around_other_req
 
 #[tokio::test(flavor = "current_thread")]
 async fn publishes_read_together_share_one_buffer_and_count_as_frames() {
-    let server = TestServer::with_config(config(1 << 20, SlowConsumerPolicy::Disconnect)).await;
-    let subscriber = server.hub.detached_client();
-    server.hub.subscribe(&subscriber, "room").unwrap();
-    let (mut publisher, _) = server.raw_client().await;
     let texts: Vec<String> = (0..10).map(|n| publish("room", n)).collect();
-    publisher.write(&pipelined(&texts)).await;
-    publisher.sync().await;
+    let config = config(1 << 20, SlowConsumerPolicy::Disconnect);
+    let (server, subscriber, publisher, _) = publish_to_detached(config, &texts).await;
 
     let (frames, closed) = subscriber.drain_detached();
     assert!(!closed);
-    let texts: Vec<String> = frames
-        .iter()
-        .map(|f| mask_timestamp(std::str::from_utf8(wshub::frame::payload(f)).unwrap()))
-        .collect();
-    assert_eq!(texts, (0..10).map(|n| event("room", n)).collect::<Vec<_>>());
+    assert_eq!(
+        payloads(&frames),
+        (0..10).map(|n| event("room", n)).collect::<Vec<_>>()
+    );
     // Framed once, one after another in one buffer (read in one go, they are one batch).
     assert!(
         frames
@@ -151,19 +170,11 @@ fn overflowing() -> Vec<String> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_batch_that_overflows_a_queue_is_queued_frame_by_frame_under_the_drop_policy() {
-    let server = TestServer::with_config(config(2000, SlowConsumerPolicy::Drop)).await;
-    let subscriber = server.hub.detached_client();
-    server.hub.subscribe(&subscriber, "room").unwrap();
-    let (mut publisher, _) = server.raw_client().await;
-    let before = server.hub.counters();
-    publisher.write(&pipelined(&overflowing())).await;
-    publisher.sync().await;
+    let config = config(2000, SlowConsumerPolicy::Drop);
+    let (server, subscriber, publisher, before) = publish_to_detached(config, &overflowing()).await;
 
     let (frames, _) = subscriber.drain_detached();
-    let texts: Vec<String> = frames
-        .iter()
-        .map(|f| mask_timestamp(std::str::from_utf8(wshub::frame::payload(f)).unwrap()))
-        .collect();
+    let texts = payloads(&frames);
     // The first ones, in order (frame by frame, not all or nothing), then the notice of the
     // rest, queued by the writer once there was room.
     let kept = frames.len() - 1;
@@ -192,13 +203,8 @@ async fn a_batch_that_overflows_a_queue_is_queued_frame_by_frame_under_the_drop_
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_batch_that_overflows_a_queue_disconnects_the_slow_consumer_once() {
-    let server = TestServer::with_config(config(2000, SlowConsumerPolicy::Disconnect)).await;
-    let slow = server.hub.detached_client();
-    server.hub.subscribe(&slow, "room").unwrap();
-    let (mut publisher, _) = server.raw_client().await;
-    let before = server.hub.counters();
-    publisher.write(&pipelined(&overflowing())).await;
-    publisher.sync().await;
+    let config = config(2000, SlowConsumerPolicy::Disconnect);
+    let (server, slow, publisher, before) = publish_to_detached(config, &overflowing()).await;
 
     // The frames that fitted are abandoned for the close 1008; one disconnect is counted,
     // however many frames the batch still had.

@@ -478,7 +478,6 @@ impl Model {
             bare.push_str(&format!(r#""channel":"{name}","#));
         }
         bare.push_str(&format!(r#""data":"{data}","timestamp":""}}"#));
-        let frame_len = |payload: usize| payload + if payload <= 125 { 2 } else { 4 };
         let (shortest, longest) = (frame_len(bare.len() + 20), frame_len(bare.len() + 30));
         if longest > self.max_bytes {
             // Maybe too large for any queue: refused whole (nobody gets it, nothing counted),
@@ -560,7 +559,6 @@ impl Model {
     /// which must be one buffer; every other subscriber's queue must take the batch whole
     /// when it fits, and otherwise frame by frame as `Outbox::push_data` would.
     fn publish_batch(&mut self, name: &'static str, count: u8, pad: u8) {
-        let frame_len = |payload: usize| payload + if payload <= 125 { 2 } else { 4 };
         let mut datas = Vec::new();
         let mut total_longest = 0;
         for k in 0..1 + usize::from(count % 8) {
@@ -931,6 +929,11 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// The length of a server frame with a payload of `payload` bytes (under 64 KiB).
+fn frame_len(payload: usize) -> usize {
+    payload + if payload <= 125 { 2 } else { 4 }
 }
 
 /// An unmasked text frame (payloads under 64 KiB).
